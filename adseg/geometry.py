@@ -1,0 +1,104 @@
+"""Image geometry in world coordinates (SimpleITK's LPS millimetres).
+
+Orientation codes follow the NIfTI/nibabel convention used by SimpleITK's
+``DICOMOrient``: ``"RAS"`` means the first voxel axis points to the patient's Right, the
+second to Anterior, the third to Superior (ITK direction ``diag(-1, -1, 1)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sampling grid of a 3-D image: what is needed to rebuild it in world space.
+
+    Attributes:
+        size: voxels per axis (x, y, z), ITK order.
+        spacing: voxel size per axis in mm.
+        origin: world position of voxel (0, 0, 0) in mm (LPS).
+        direction: 3x3 direction cosines, row-major (ITK).
+    """
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        """The grid of a 3-D SimpleITK image."""
+        return cls(
+            size=tuple(int(s) for s in image.GetSize()),
+            spacing=tuple(float(s) for s in image.GetSpacing()),
+            origin=tuple(float(o) for o in image.GetOrigin()),
+            direction=tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Grid:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            size=tuple(int(v) for v in d["size"]),
+            spacing=tuple(float(v) for v in d["spacing"]),
+            origin=tuple(float(v) for v in d["origin"]),
+            direction=tuple(float(v) for v in d["direction"]),
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict, with the orientation code for people reading it."""
+        d = asdict(self)
+        d["orientation"] = orientation_code(self.direction)
+        return d
+
+    def reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
+        """An empty image on this grid, to use as a resampling reference."""
+        image = sitk.Image([int(s) for s in self.size], pixel_type)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def index_to_world(self, index: np.ndarray) -> np.ndarray:
+        """Continuous voxel indices ``(N, 3)`` (x, y, z) to world points ``(N, 3)`` in mm."""
+        d = np.asarray(self.direction).reshape(3, 3)
+        return np.asarray(self.origin) + (np.asarray(index) * np.asarray(self.spacing)) @ d.T
+
+    def world_to_index(self, points: np.ndarray) -> np.ndarray:
+        """World points ``(N, 3)`` in mm to continuous voxel indices ``(N, 3)``."""
+        d = np.asarray(self.direction).reshape(3, 3)
+        return ((np.asarray(points) - np.asarray(self.origin)) @ d) / np.asarray(self.spacing)
+
+    def corners(self) -> np.ndarray:
+        """World positions of the 8 outer corners of the voxel cuboid, ``(8, 3)`` mm."""
+        lo, hi = -0.5, np.asarray(self.size) - 0.5
+        idx = np.array([[x, y, z] for x in (lo, hi[0]) for y in (lo, hi[1]) for z in (lo, hi[2])])
+        return self.index_to_world(idx)
+
+
+def orientation_code(direction: tuple[float, ...] | np.ndarray) -> str:
+    """Three-letter orientation code (nibabel convention) of the closest axis-aligned frame.
+
+    Oblique directions get the code of the nearest canonical axes, like ``nib.aff2axcodes``.
+    """
+    flat = tuple(float(v) for v in np.asarray(direction).ravel())
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(flat)
+
+
+def obliquity_deg(direction: tuple[float, ...] | np.ndarray) -> float:
+    """Largest angle in degrees between an image axis and its nearest world axis."""
+    d = np.abs(np.asarray(direction, dtype=float).reshape(3, 3))
+    return float(np.degrees(np.arccos(np.clip(d.max(axis=0), -1.0, 1.0))).max())
+
+
+def reorient(image: sitk.Image, code: str = "RAS") -> sitk.Image:
+    """Permute and flip voxel axes so they point along ``code``; world positions are unchanged.
+
+    This is a lossless relabelling of voxels (no interpolation). An oblique image stays oblique,
+    with its axes now closest to ``code``.
+    """
+    return sitk.DICOMOrient(image, code)
