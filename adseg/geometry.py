@@ -29,29 +29,28 @@ class Grid:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
 
+    def __post_init__(self) -> None:
+        # plain Python numbers, whatever was passed (numpy scalars, lists), so grids compare
+        # equal and serialise the same way
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        for name in ("spacing", "origin", "direction"):
+            object.__setattr__(
+                self, name, tuple(float(v) for v in np.asarray(getattr(self, name)).ravel())
+            )
+
     @classmethod
     def of(cls, image: sitk.Image) -> Grid:
         """The grid of a 3-D SimpleITK image."""
-        return cls(
-            size=tuple(int(s) for s in image.GetSize()),
-            spacing=tuple(float(s) for s in image.GetSpacing()),
-            origin=tuple(float(o) for o in image.GetOrigin()),
-            direction=tuple(float(d) for d in image.GetDirection()),
-        )
+        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
     @classmethod
     def from_dict(cls, d: dict) -> Grid:
         """Inverse of :meth:`to_dict`."""
-        return cls(
-            size=tuple(int(v) for v in d["size"]),
-            spacing=tuple(float(v) for v in d["spacing"]),
-            origin=tuple(float(v) for v in d["origin"]),
-            direction=tuple(float(v) for v in d["direction"]),
-        )
+        return cls(d["size"], d["spacing"], d["origin"], d["direction"])
 
     def to_dict(self) -> dict:
-        """JSON-ready dict, with the orientation code for people reading it."""
-        d = asdict(self)
+        """JSON-ready dict (lists), with the orientation code for people reading it."""
+        d = {k: list(v) for k, v in asdict(self).items()}
         d["orientation"] = orientation_code(self.direction)
         return d
 

@@ -35,7 +35,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -1,0 +1,144 @@
+"""Experiment configuration: one JSON schema, defaults filled from it, clear errors.
+
+The schema lives in ``workflow/schemas/config.schema.yaml`` (shipped with the package as
+``adseg/resources/config.schema.yaml``); Snakemake and the CLI both validate through
+:func:`resolve_config`, so a config accepted by one is accepted by the other.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_RESOURCE = "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that does not fit the schema; the message lists every problem."""
+
+
+@cache
+def schema() -> dict:
+    """The config JSON schema as a dict."""
+    text = resources.files("adseg.resources").joinpath(SCHEMA_RESOURCE).read_text()
+    return yaml.safe_load(text)
+
+
+def _fill_defaults(validator_class: type) -> type:
+    """Extend a jsonschema validator so it writes schema defaults into the instance.
+
+    The recipe from the jsonschema FAQ: before checking ``properties``, set every missing
+    property that has a default. Object defaults (``{}``) are then filled recursively.
+    """
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema_):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema_)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _fill_defaults(jsonschema.Draft202012Validator)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One readable line for a schema error, listing allowed keys for unknown ones."""
+    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        names = ", ".join(map(repr, unknown))
+        return f"{where}: unknown key(s) {names}; allowed: {', '.join(allowed)}"
+    if error.validator == "enum":
+        choices = ", ".join(map(str, error.validator_value))
+        return f"{where}: {error.instance!r} is not allowed; choose from {choices}"
+    hint = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if error.validator in ("pattern", "oneOf") and hint:
+        return f"{where}: {error.instance!r} is not valid ({' '.join(hint.split())})"
+    return f"{where}: {error.message}"
+
+
+def resolve_config(config: dict | None, base_dir: str | os.PathLike | None = None) -> dict:
+    """Validate ``config`` against the schema and return a copy with defaults filled.
+
+    Args:
+        config: the raw config (e.g. parsed YAML); None means all defaults.
+        base_dir: folder that relative dataset paths are resolved against; default: cwd.
+
+    Raises:
+        ConfigError: listing every problem, not just the first.
+    """
+    resolved = copy.deepcopy(config) if config else {}
+    errors = sorted(_Validator(schema()).iter_errors(resolved), key=lambda e: list(e.absolute_path))
+    problems = [_describe(e) for e in errors]
+    if not problems:
+        problems = _semantic_problems(resolved, Path(base_dir or "."))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return resolved
+
+
+def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
+    """Checks that a JSON schema cannot express (files on disk, cross-key rules)."""
+    problems = []
+    dataset = config["dataset"]
+    if dataset["source"] != "synthetic":
+        if not dataset["path"]:
+            problems.append(f"dataset.path: required when dataset.source is {dataset['source']!r}")
+        elif not (base_dir / dataset["path"]).is_dir():
+            problems.append(f"dataset.path: folder {dataset['path']!r} does not exist")
+    splits_file = config["folds"]["file"]
+    if splits_file and not (base_dir / splits_file).is_file():
+        problems.append(f"folds.file: file {splits_file!r} does not exist")
+    return problems
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (or none), merge ``overrides`` into it and resolve it.
+
+    Raises:
+        ConfigError: if the file is missing, not YAML, or does not fit the schema.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    merged = deep_merge(raw, overrides or {})
+    try:
+        return resolve_config(merged)
+    except ConfigError as err:
+        raise ConfigError(f"{path or 'defaults'}: {err}") from None
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (override wins)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def experiment_dir(config: dict) -> Path:
+    """``<results_dir>/<experiment>``: where every output of this experiment goes."""
+    return Path(config["results_dir"]) / config["experiment"]

@@ -1,0 +1,178 @@
+"""Patient-level cross-validation folds, stratified by lesion presence and scanner domain.
+
+All scans (visits) of one patient land in the same fold, so a model is never validated on a
+patient it saw in training. ``splits.json`` holds, per fold, the training and validation case
+ids (the nnU-Net ``splits_final.json`` shape) plus the patients, so it is readable by both.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+STRATA = ("lesion", "domain")
+
+
+@dataclass(frozen=True)
+class CaseMeta:
+    """What splitting needs to know of a case."""
+
+    case_id: str
+    patient_id: str
+    domain: str
+    positive: bool  # has foreground (the lesion label, if the cohort has one)
+
+
+def case_meta_from_dataset(dataset: dict) -> list[CaseMeta]:
+    """Case metadata from a preprocessed ``dataset.json`` (see :mod:`adseg.prepare`).
+
+    A case is positive if its ``lesion`` label (or, without one, any foreground label) has a
+    non-zero volume.
+    """
+    metas = []
+    for case_id, meta in sorted(dataset["cases"].items()):
+        volumes = meta.get("label_ml", {})
+        keys = ["lesion"] if "lesion" in volumes else list(volumes)
+        positive = any(volumes[k] > 0 for k in keys)
+        metas.append(CaseMeta(case_id, meta["patient_id"], meta["domain"], positive))
+    return metas
+
+
+def make_splits(cases: list[CaseMeta], n_folds: int = 4, seed: int = 0, stratify=STRATA) -> dict:
+    """Assign patients to ``n_folds`` folds, balancing the strata across folds.
+
+    Patients are grouped by stratum (lesion present in any visit; domain of the first visit),
+    shuffled with ``seed``, and each goes to the fold that has the fewest patients of its
+    stratum, then the fewest patients, then the fewest cases: a deterministic greedy version of
+    stratified group k-fold.
+
+    Raises:
+        ValueError: fewer patients than folds, or an unknown stratification key.
+    """
+    unknown = set(stratify) - set(STRATA)
+    if unknown:
+        raise ValueError(
+            f"stratify keys {sorted(unknown)} unknown; choose from {', '.join(STRATA)}"
+        )
+    by_patient: dict[str, list[CaseMeta]] = defaultdict(list)
+    for case in cases:
+        by_patient[case.patient_id].append(case)
+    if len(by_patient) < n_folds:
+        raise ValueError(f"{len(by_patient)} patients cannot fill {n_folds} folds")
+    strata: dict[tuple, list[str]] = defaultdict(list)
+    for patient, visits in sorted(by_patient.items()):
+        strata[_stratum(visits, stratify)].append(patient)
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    per_stratum = defaultdict(Counter)
+    patients_in, cases_in = Counter(), Counter()
+    for key in sorted(strata):
+        patients = list(strata[key])
+        rng.shuffle(patients)
+        for patient in patients:
+            fold = min(
+                range(n_folds), key=lambda f: (per_stratum[key][f], patients_in[f], cases_in[f], f)
+            )
+            fold_of[patient] = fold
+            per_stratum[key][fold] += 1
+            patients_in[fold] += 1
+            cases_in[fold] += len(by_patient[patient])
+    return _splits_dict(by_patient, fold_of, n_folds, seed, list(stratify))
+
+
+def _stratum(visits: list[CaseMeta], stratify) -> tuple:
+    key = []
+    if "lesion" in stratify:
+        key.append(any(v.positive for v in visits))
+    if "domain" in stratify:
+        key.append(sorted(visits, key=lambda v: v.case_id)[0].domain)
+    return tuple(key)
+
+
+def _splits_dict(
+    by_patient: dict[str, list[CaseMeta]],
+    fold_of: dict[str, int],
+    n_folds: int,
+    seed: int,
+    stratify: list,
+) -> dict:
+    folds = []
+    for fold in range(n_folds):
+        val_patients = sorted(p for p, f in fold_of.items() if f == fold)
+        train_patients = sorted(p for p, f in fold_of.items() if f != fold)
+        folds.append(
+            {
+                "fold": fold,
+                "train": sorted(c.case_id for p in train_patients for c in by_patient[p]),
+                "val": sorted(c.case_id for p in val_patients for c in by_patient[p]),
+                "train_patients": train_patients,
+                "val_patients": val_patients,
+            }
+        )
+    return {
+        "n_folds": n_folds,
+        "seed": seed,
+        "stratify": stratify,
+        "unit": "patient",
+        "folds": folds,
+    }
+
+
+def validate_splits(splits, cases: list[CaseMeta], source: str = "splits") -> dict:
+    """Check a user-given splits file against the cohort and return it in adseg's form.
+
+    Accepts adseg's ``splits.json`` or nnU-Net's ``splits_final.json`` (a list of
+    ``{"train": [...], "val": [...]}``). Every problem is reported at once.
+
+    Raises:
+        ValueError: listing every problem, naming ``source``.
+    """
+    folds = splits["folds"] if isinstance(splits, dict) else splits
+    if not isinstance(folds, list) or not all(
+        isinstance(f, dict) and {"train", "val"} <= set(f) for f in folds
+    ):
+        raise ValueError(f"{source}: expected a list of folds with 'train' and 'val' case lists")
+    known = {c.case_id: c for c in cases}
+    problems = []
+    validated_in = Counter()
+    for i, fold in enumerate(folds):
+        train, val = set(fold["train"]), set(fold["val"])
+        for cid in sorted((train | val) - set(known)):
+            problems.append(f"fold {i}: case {cid!r} is not in the cohort")
+        for cid in sorted(train & val):
+            problems.append(f"fold {i}: case {cid!r} is in both train and val")
+        train_p = {known[c].patient_id for c in train if c in known}
+        val_p = {known[c].patient_id for c in val if c in known}
+        for patient in sorted(train_p & val_p):
+            problems.append(f"fold {i}: patient {patient!r} has cases in both train and val")
+        validated_in.update(val)
+    for cid in sorted(known):
+        if validated_in[cid] != 1:
+            problems.append(
+                f"case {cid!r} is validated in {validated_in[cid]} folds (expected exactly 1)"
+            )
+    if problems:
+        raise ValueError(f"{source}: invalid splits:\n  " + "\n  ".join(problems))
+    by_patient: dict[str, list[CaseMeta]] = defaultdict(list)
+    for case in cases:
+        by_patient[case.patient_id].append(case)
+    fold_of = {known[c].patient_id: i for i, fold in enumerate(folds) for c in fold["val"]}
+    seed = splits.get("seed") if isinstance(splits, dict) else None
+    return _splits_dict(by_patient, fold_of, len(folds), seed, ["user-given"])
+
+
+def describe_splits(splits: dict, cases: list[CaseMeta]) -> str:
+    """A table of folds: patients, cases, positive share and domains in each validation fold."""
+    known = {c.case_id: c for c in cases}
+    lines = ["fold  patients  cases  positive  domains"]
+    for fold in splits["folds"]:
+        val = [known[c] for c in fold["val"]]
+        domains = Counter(c.domain for c in val)
+        share = sum(c.positive for c in val) / max(len(val), 1)
+        lines.append(
+            f"{fold['fold']:>4}  {len(fold['val_patients']):>8}  {len(val):>5}  {share:>8.0%}  "
+            + ", ".join(f"{d}={n}" for d, n in sorted(domains.items()))
+        )
+    return "\n".join(lines)

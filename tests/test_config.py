@@ -1,0 +1,83 @@
+"""Config: one schema, defaults filled, unknown keys rejected with the allowed ones listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adseg.config import ConfigError, load_config, resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_filled():
+    config = resolve_config({})
+    assert config["experiment"] == "default"
+    assert config["results_dir"] == "results"
+    assert config["dataset"]["source"] == "synthetic"
+    assert config["dataset"]["synthetic"]["n_patients"] == 40
+    assert config["preprocess"]["normalization"]["default"] == "zscore"
+    assert config["folds"] == {"n": 4, "seed": 0, "stratify": ["lesion", "domain"], "file": None}
+    assert config["schemes"] == ["ce", "adversarial", "hybrid"]
+    assert config["mlflow"]["tracking_uri"] is None
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        config = load_config(path)
+        assert config["experiment"], path
+
+
+def test_unknown_keys_list_allowed_ones():
+    with pytest.raises(ConfigError) as err:
+        resolve_config({"dataset": {"sorce": "msd"}, "epochs": 3})
+    message = str(err.value)
+    assert "<top level>: unknown key(s) 'epochs'; allowed: dataset, experiment, folds" in message
+    assert (
+        "dataset: unknown key(s) 'sorce'; allowed: anisotropy_warning, grid_tolerance, path"
+        in message
+    )
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ConfigError) as err:
+        resolve_config(
+            {"schemes": ["ce", "gan"], "folds": {"n": 1}, "preprocess": {"target_spacing": [1, 2]}}
+        )
+    message = str(err.value)
+    assert "schemes.1: 'gan' is not allowed; choose from ce, dicece, adversarial, hybrid" in message
+    assert "folds.n: 1 is less than the minimum of 2" in message
+    assert "preprocess.target_spacing: [1, 2] is not valid" in message
+
+
+def test_real_dataset_needs_an_existing_path(tmp_path):
+    with pytest.raises(ConfigError, match="dataset.path: required when dataset.source is 'msd'"):
+        resolve_config({"dataset": {"source": "msd"}})
+    with pytest.raises(ConfigError, match="dataset.path: folder 'nowhere' does not exist"):
+        resolve_config({"dataset": {"source": "nnunet", "path": "nowhere"}}, base_dir=tmp_path)
+    (tmp_path / "data").mkdir()
+    config = resolve_config({"dataset": {"source": "nnunet", "path": "data"}}, base_dir=tmp_path)
+    assert config["dataset"]["path"] == "data"
+
+
+def test_load_config_names_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "bad name!"}))
+    with pytest.raises(
+        ConfigError, match=r"exp.yaml: invalid configuration:\n  experiment: 'bad name!'"
+    ):
+        load_config(path)
+    path.write_text("experiment: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_merge_deeply(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "x", "folds": {"n": 5, "seed": 7}}))
+    config = load_config(path, {"folds": {"seed": 9}})
+    assert config["folds"]["n"] == 5 and config["folds"]["seed"] == 9
