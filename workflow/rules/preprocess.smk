@@ -1,0 +1,20 @@
+# Stage 2: every case onto one canonical grid, with the fingerprint, plan and QC table.
+rule preprocess:
+    input:
+        dataset=RAW,
+        validation=EXP / "validation.json",
+    output:
+        directory(EXP / "preprocessed"),
+    log:
+        LOGS / "preprocess.log",
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        cfg=settings("dataset", "preprocess"),
+    shell:
+        "python -m adseg preprocess {input.dataset} -o {output} --set {params.cfg} "
+        "--validation {input.validation} --workers {threads} > {log} 2>&1"

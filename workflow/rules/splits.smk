@@ -1,0 +1,18 @@
+# Stage 3: patient-level cross-validation folds (a workflow output, never recomputed silently).
+rule splits:
+    input:
+        EXP / "preprocessed",
+    output:
+        EXP / "splits.json",
+    log:
+        LOGS / "splits.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        cfg=settings("folds"),
+    shell:
+        "python -m adseg splits {input} -o {output} --set {params.cfg} > {log} 2>&1"
