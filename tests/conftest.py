@@ -1,0 +1,175 @@
+"""Shared fixtures: tiny real NIfTI files and cohort folders written under ``tmp_path``.
+
+Arrays given to ``write_image`` are in SimpleITK/numpy order ``(z, y, x)`` with ITK (LPS)
+geometry; arrays given to ``write_nibabel`` are in nibabel order ``(x, y, z[, c])`` with a
+RAS affine. The cohort factories write clean cohorts that tests then break one file at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+SIZE_ZYX = (6, 8, 8)
+SPACING_XYZ = (0.6, 0.6, 3.0)
+
+
+def write_sitk_file(
+    path: str | Path,
+    array: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Sequence[float] = LPS,
+) -> Path:
+    """Write a ``(z, y, x)`` (or ``(y, x)``) array as NIfTI with SimpleITK; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(np.asarray(array))
+    n = image.GetDimension()
+    image.SetSpacing([float(s) for s in spacing[:n]])
+    image.SetOrigin([float(o) for o in origin[:n]])
+    if n == 3:
+        image.SetDirection([float(d) for d in direction])
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def write_nibabel_file(
+    path: str | Path, array: np.ndarray, affine: np.ndarray | None = None
+) -> Path:
+    """Write an ``(x, y, z[, c])`` array as NIfTI with nibabel (RAS affine); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*SPACING_XYZ, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
+    return path
+
+
+def make_phantom(
+    size_zyx: Sequence[int] = SIZE_ZYX, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 image ``(z, y, x)`` (ramp + bright ball + noise) and its uint8 ball label.
+
+    The label is 1 inside the ball, 2 in the ball's upper half in z, 0 elsewhere.
+    """
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in size_zyx], indexing="ij")
+    centre = [(n - 1) / 2 for n in size_zyx]
+    dist = np.sqrt(((z - centre[0]) / 1.5) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2)
+    ball = dist <= min(size_zyx[1:]) / 3
+    noise = np.random.default_rng(seed).normal(0, 1, size_zyx)
+    image = (100 + 2 * x + 50 * ball + noise).astype(np.float32)
+    label = ball.astype(np.uint8) + (ball & (z > centre[0])).astype(np.uint8)
+    return image, label
+
+
+@pytest.fixture
+def nnunet_cohort(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a clean nnU-Net v2 raw cohort; returns its root folder.
+
+    Keyword args: ``case_ids``, ``channels`` (names), ``labels`` (name -> value), ``four_d``
+    (all channels in one 4-D ``_0000`` file), ``cases_meta`` (adseg's dataset.json ``cases``),
+    ``name`` (folder name). Channels after the first are on a coarser grid over the same
+    field of view, as ADC/DWI usually are.
+    """
+
+    def make(
+        case_ids: Sequence[str] = ("case_000", "case_001"),
+        channels: Sequence[str] = ("T2w", "ADC"),
+        labels: dict[str, int] | None = None,
+        four_d: bool = False,
+        cases_meta: dict | None = None,
+        name: str = "Dataset001_Tiny",
+    ) -> Path:
+        root = tmp_path / name
+        labels = {"background": 0, "lesion": 1, "zone": 2} if labels is None else labels
+        for i, case in enumerate(case_ids):
+            image, label = make_phantom(seed=i)
+            volumes = [image + 10 * k for k in range(len(channels))]
+            if four_d:
+                stacked = np.stack([v.transpose(2, 1, 0) for v in volumes], axis=-1)
+                affine = np.diag([-SPACING_XYZ[0], -SPACING_XYZ[1], SPACING_XYZ[2], 1.0])
+                write_nibabel_file(root / "imagesTr" / f"{case}_0000.nii.gz", stacked, affine)
+            else:
+                write_sitk_file(root / "imagesTr" / f"{case}_0000.nii.gz", image, SPACING_XYZ)
+                for k, volume in enumerate(volumes[1:], start=1):
+                    coarse = (2 * SPACING_XYZ[0], 2 * SPACING_XYZ[1], SPACING_XYZ[2])
+                    origin = (0.5 * SPACING_XYZ[0], 0.5 * SPACING_XYZ[1], 0.0)
+                    path = root / "imagesTr" / f"{case}_{k:04d}.nii.gz"
+                    write_sitk_file(path, volume[:, ::2, ::2], coarse, origin)
+            write_sitk_file(root / "labelsTr" / f"{case}.nii.gz", label, SPACING_XYZ)
+        dataset = {
+            "channel_names": {str(k): c for k, c in enumerate(channels)},
+            "labels": labels,
+            "numTraining": len(case_ids),
+            "file_ending": ".nii.gz",
+        }
+        if cases_meta is not None:
+            dataset["cases"] = cases_meta
+        (root / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def msd_cohort(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a clean Medical Segmentation Decathlon task; returns its root folder.
+
+    Images are 4-D ``(x, y, z, channel)`` files (3-D with one modality), labels 0/1/2, and a
+    macOS ``._`` resource-fork file sits beside each image, as in the real tarballs.
+    """
+
+    def make(
+        case_ids: Sequence[str] = ("prostate_00", "prostate_01"),
+        modalities: Sequence[str] = ("T2", "ADC"),
+        name: str = "Task05_Tiny",
+    ) -> Path:
+        root = tmp_path / name
+        training = []
+        for i, case in enumerate(case_ids):
+            image, label = make_phantom(seed=i)
+            volumes = [(image + 10 * k).transpose(2, 1, 0) for k in range(len(modalities))]
+            array = volumes[0] if len(volumes) == 1 else np.stack(volumes, axis=-1)
+            write_nibabel_file(root / "imagesTr" / f"{case}.nii.gz", array)
+            write_nibabel_file(root / "labelsTr" / f"{case}.nii.gz", label.transpose(2, 1, 0))
+            (root / "imagesTr" / f"._{case}.nii.gz").write_bytes(b"\x00\x05\x16\x07 mac")
+            training.append(
+                {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
+            )
+        dataset = {
+            "name": "Tiny",
+            "modality": {str(k): m for k, m in enumerate(modalities)},
+            "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+            "numTraining": len(case_ids),
+            "training": training,
+            "test": [],
+        }
+        (root / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def write_image() -> Callable[..., Path]:
+    """``write_image(path, array_zyx, spacing, origin, direction) -> path`` (SimpleITK)."""
+    return write_sitk_file
+
+
+@pytest.fixture
+def write_nibabel() -> Callable[..., Path]:
+    """``write_nibabel(path, array_xyz[c], affine) -> path`` (nibabel, RAS affine)."""
+    return write_nibabel_file
+
+
+@pytest.fixture
+def phantom() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """``phantom(size_zyx, seed) -> (image, label)``, both ``(z, y, x)``."""
+    return make_phantom
