@@ -1,0 +1,137 @@
+"""Quality-control figures of a preprocessed cohort: what a person checks by eye.
+
+- ``overview.png``: spacing per scanner domain, intensity per channel and domain, label
+  volumes and the effect of cropping, from ``qc.tsv``;
+- ``cases/<case>.png``: every channel of the preprocessed case at the slice with the most
+  label voxels (the middle slice if it has none), with the expert contour on top.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from adseg.io import atomic_path, read_json  # noqa: E402
+from adseg.log import progress  # noqa: E402
+
+
+def read_tsv(path: str | Path) -> list[dict]:
+    """Rows of a TSV file as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def _by_domain(rows: list[dict], column: str) -> dict[str, np.ndarray]:
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        if row.get(column, "") != "":
+            out.setdefault(row["domain"], []).append(float(row[column]))
+    return {d: np.asarray(v) for d, v in sorted(out.items())}
+
+
+def overview_figure(
+    rows: list[dict], channel_names: list[str], labels: list[str], out: Path
+) -> None:
+    """Write the cohort overview PNG from the QC table rows."""
+    n_cols = max(3, len(channel_names))
+    fig, axes = plt.subplots(2, n_cols, figsize=(4.2 * n_cols, 7.5), squeeze=False)
+    ref = channel_names[0]
+    for domain in sorted({r["domain"] for r in rows}):
+        sp = np.array(
+            [
+                [float(v) for v in r[f"{ref}_spacing"].split("x")]
+                for r in rows
+                if r["domain"] == domain
+            ]
+        )
+        axes[0, 0].scatter(
+            sp[:, :2].min(axis=1), sp.max(axis=1), label=f"domain {domain}", alpha=0.7
+        )
+    axes[0, 0].set(
+        xlabel=f"{ref} finest spacing (mm)",
+        ylabel=f"{ref} coarsest spacing (mm)",
+        title="Voxel size",
+    )
+    axes[0, 0].legend()
+    primary = "lesion" if "lesion" in labels else labels[0]
+    vols = _by_domain(rows, f"{primary}_ml")
+    axes[0, 1].hist(list(vols.values()), bins=20, label=[f"domain {d}" for d in vols], stacked=True)
+    axes[0, 1].set(
+        xlabel=f"{primary} volume (mL)", ylabel="cases", title=f"{primary} volume per case"
+    )
+    axes[0, 1].legend()
+    crop = _by_domain(rows, "crop_fraction")
+    axes[0, 2].boxplot(list(crop.values()), tick_labels=list(crop))
+    axes[0, 2].set(xlabel="domain", ylabel="kept fraction of voxels", title="Crop to non-zero")
+    for ax in axes[0, 3:]:
+        ax.axis("off")
+    for ax, name in zip(axes[1], channel_names, strict=False):
+        means = _by_domain(rows, f"{name}_mean")
+        ax.boxplot(list(means.values()), tick_labels=list(means))
+        ax.set(
+            xlabel="domain",
+            ylabel="mean intensity (original units)",
+            title=f"{name} before normalisation",
+        )
+    for ax in axes[1, len(channel_names) :]:
+        ax.axis("off")
+    fig.suptitle(f"adseg QC: {len(rows)} cases")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def case_figure(preprocessed: Path, case_id: str, channel_names: list[str], out: Path) -> None:
+    """Write the per-case PNG: each channel at the slice with most label, expert contour."""
+    arrays = [
+        sitk.GetArrayFromImage(
+            sitk.ReadImage(str(preprocessed / "imagesTr" / f"{case_id}_{c:04d}.nii.gz"))
+        )
+        for c in range(len(channel_names))
+    ]
+    label_path = preprocessed / "labelsTr" / f"{case_id}.nii.gz"
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))) if label_path.exists() else None
+    z = arrays[0].shape[0] // 2
+    if label is not None and label.any():
+        z = int(np.argmax((label > 0).sum(axis=(1, 2))))
+    fig, axes = plt.subplots(1, len(arrays), figsize=(3.2 * len(arrays), 3.4), squeeze=False)
+    for ax, arr, name in zip(axes[0], arrays, channel_names, strict=True):
+        lo, hi = np.percentile(arr[z], [1, 99])
+        # image row 0 is the first voxel row; origin="lower" keeps anterior/posterior as stored
+        ax.imshow(arr[z], cmap="gray", vmin=lo, vmax=hi, origin="lower")
+        if label is not None and label[z].any():
+            ax.contour(label[z] > 0, levels=[0.5], colors="tab:red", linewidths=1.0, origin="lower")
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(f"{case_id}  slice {z}", fontsize=10)
+    _save(fig, out)
+
+
+def qc_report(
+    preprocessed: str | Path, out_dir: str | Path, show_progress: bool = True
+) -> list[Path]:
+    """Write the overview and one PNG per case from a preprocessed folder; return the paths."""
+    preprocessed, out_dir = Path(preprocessed), Path(out_dir)
+    dataset = read_json(preprocessed / "dataset.json")
+    channel_names = [dataset["channel_names"][k] for k in sorted(dataset["channel_names"], key=int)]
+    labels = [name for name, value in dataset["labels"].items() if value != 0]
+    rows = read_tsv(preprocessed / "qc.tsv")
+    written = [out_dir / "overview.png"]
+    overview_figure(rows, channel_names, labels, written[0])
+    for row in progress(rows, "qc figures", enabled=show_progress):
+        path = out_dir / "cases" / f"{row['case_id']}.png"
+        case_figure(preprocessed, row["case_id"], channel_names, path)
+        written.append(path)
+    return written
