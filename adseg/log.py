@@ -1,11 +1,14 @@
-"""Logging and progress bars that read well both in a terminal and in a Snakemake log file."""
+"""Logging, progress bars and the parallel map that every per-case stage uses.
+
+Progress bars read well both in a terminal and in a Snakemake log file."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -45,3 +48,26 @@ def progress(
             ascii=not interactive,
         )
     )
+
+
+def _single_threaded() -> None:
+    """Pool initializer: one thread per process, since the pool already fills the cores."""
+    import SimpleITK as sitk
+    import torch
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    torch.set_num_threads(1)
+
+
+def parallel_map(
+    fn: Callable[..., T], jobs: list[tuple], workers: int, desc: str, show: bool = True
+) -> list[T]:
+    """``[fn(*job) for job in jobs]`` in order, in ``workers`` processes, with a progress bar.
+
+    With one worker everything runs in this process (easier to debug, no pickling).
+    """
+    if workers <= 1:
+        return [fn(*job) for job in progress(jobs, desc, enabled=show)]
+    with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded) as pool:
+        futures: list[Any] = [pool.submit(fn, *job) for job in jobs]
+        return [f.result() for f in progress(futures, desc, enabled=show)]

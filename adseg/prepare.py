@@ -16,18 +16,16 @@ import csv
 import io
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from adseg import __version__
 from adseg.cohort import Case, CohortError, discover_cohort, read_channel, read_label
 from adseg.geometry import Grid, obliquity_deg
 from adseg.io import atomic_dir, write_image, write_json, write_text
-from adseg.log import logger, progress
+from adseg.log import logger, parallel_map
 from adseg.preprocess import (
     Plan,
     channel_index,
@@ -135,7 +133,8 @@ def prepare_cohort(
     )
     infos = {c.case_id: c for c in report.cases}
     with atomic_dir(out_dir) as tmp:
-        rows = _run_cases(cohort.cases, infos, plan, tmp, workers, show_progress)
+        jobs = [(case, infos[case.case_id], plan, tmp) for case in cohort.cases]
+        rows = parallel_map(preprocess_case, jobs, workers, "preprocess", show_progress)
         write_json(tmp / "plans.json", plan.to_dict())
         write_json(tmp / "fingerprint.json", fingerprint)
         write_json(
@@ -143,23 +142,6 @@ def prepare_cohort(
         )
         write_text(tmp / "qc.tsv", _tsv(rows))
     return fingerprint
-
-
-def _init_worker() -> None:
-    # one thread per process: the pool already uses every core we were given
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    torch.set_num_threads(1)
-
-
-def _run_cases(
-    cases: list[Case], infos: dict[str, CaseInfo], plan: Plan, out: Path, workers: int, show: bool
-) -> list[dict]:
-    jobs = [(case, infos[case.case_id], plan, out) for case in cases]
-    if workers <= 1:
-        return [preprocess_case(*job) for job in progress(jobs, "preprocess", enabled=show)]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-        futures = [pool.submit(preprocess_case, *job) for job in jobs]
-        return [f.result() for f in progress(futures, "preprocess", enabled=show)]
 
 
 def preprocess_case(case: Case, info: CaseInfo, plan: Plan, out: Path) -> dict:

@@ -14,7 +14,6 @@ import gzip
 import os
 import re
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import SimpleITK as sitk
 
 from adseg.cohort import Case, ChannelSource, Problem, Problems, discover_cohort
 from adseg.geometry import Grid, obliquity_deg, orientation_code
-from adseg.log import progress as progress_bar
+from adseg.log import parallel_map
 
 OBLIQUE_WARNING_DEG = 30.0  # below this an oblique scan is routine; above, its code is a guess
 MIN_CHANNEL_OVERLAP = 0.5  # of the reference channel's world bounding box
@@ -132,22 +131,12 @@ def validate_cohort(
     cohort, found = discover_cohort(root, layout, patient_regex)
     settings = (cohort.channel_names, cohort.labels, grid_tolerance, anisotropy_warning)
     jobs = [(case, *settings) for case in cohort.cases]
-    if workers <= 1:
-        results = [check_case(*job) for job in progress_bar(jobs, "validate", enabled=progress)]
-    else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-            futures = [pool.submit(check_case, *job) for job in jobs]
-            results = [f.result() for f in progress_bar(futures, "validate", enabled=progress)]
+    results = parallel_map(check_case, jobs, workers, "validate", progress)
     problems = list(found) + [p for _, case_problems in results for p in case_problems]
     problems.sort(key=lambda p: (p.path, p.level != "error"))
     return ValidationReport(
         str(root), cohort.layout, len(cohort.cases), problems, [info for info, _ in results]
     )
-
-
-def _init_worker() -> None:
-    # one ITK thread per process: the pool already uses the cores it was given
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def check_case(

@@ -39,7 +39,6 @@ def test_environment_yml_matches_pyproject():
                 conda[CONDA_TO_PIP.get(name, name)] = spec
     assert conda == pip
     assert "conda-forge" in env["channels"]
-    assert {"pip": ["-e ."]} in env["dependencies"]
 
 
 def test_torch_range_admits_the_cpu_wheel():
@@ -74,7 +73,11 @@ def test_top_level_layout():
         "config/config.yaml",
     ):
         assert (ROOT / name).exists(), name
-    assert (ROOT / "Snakefile").read_text().strip() == 'include: "workflow/Snakefile"'
+    top = (ROOT / "Snakefile").read_text()
+    # the top level only includes the workflow and names its default target
+    assert 'include: "workflow/Snakefile"' in top
+    rules = [line for line in top.splitlines() if line.startswith("rule ")]
+    assert rules == ["rule default:"] and "rules.all.input" in top
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -1,5 +1,6 @@
 # Shared by all rules: the validated config and the paths derived from it.
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -9,9 +10,14 @@ from adseg.config import resolve_config
 # defaults, reject unknown keys with the allowed ones listed.
 config.update(resolve_config(config))
 
-# With `--software-deployment-method conda`, rules run in the named environment that
-# `conda env create -f environment.yml` makes; otherwise in the current one.
-CONDA_ENV = "adseg"
+# With `--software-deployment-method conda` rules run in an environment built from the
+# project's environment.yml (path relative to the rule files); otherwise in the current one.
+CONDA_ENV = "../../environment.yml"
+# Jobs import this checkout's adseg, so code and workflow match in any environment (a conda
+# environment from environment.yml, a cluster node).
+REPO = Path(workflow.basedir).parent
+python_path = [str(REPO), os.environ.get("PYTHONPATH", "")]
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in python_path if p))
 EXP = Path(config["results_dir"]) / config["experiment"]
 LOGS = EXP / "logs"
 SYNTHETIC = config["dataset"]["source"] == "synthetic"

@@ -1,0 +1,245 @@
+"""The ``adseg`` command line: one subcommand per pipeline stage.
+
+Each subcommand is what a Snakemake rule calls, and what a user calls by hand. Errors in the
+user's input (config, data, splits) end with a message and exit status 1, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from adseg import __version__
+from adseg.log import logger, setup_logging
+
+EXAMPLES = {
+    "synth-cohort": "adseg synth-cohort data/synthetic --n-patients 40 --seed 0",
+    "validate": "adseg validate /data/Task05_Prostate --report validation.json",
+    "preprocess": "adseg preprocess /data/Dataset001_Prostate -o results/default/preprocessed "
+    "--config config/config.yaml",
+    "splits": "adseg splits results/default/preprocessed -o results/default/splits.json --folds 4",
+    "qc": "adseg qc results/default/preprocessed -o results/default/qc",
+    "config": "adseg config --config config/config.yaml",
+}
+
+
+class UserError(Exception):
+    """An error in what the user gave us; printed without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adseg",
+        description="Adversarial segmentation of multi-parametric MRI.",
+        epilog="Example: "
+        + EXAMPLES["synth-cohort"]
+        + "\nRun 'adseg COMMAND --help' for each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"adseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str, func: Callable) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"Example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=func)
+        if name != "synth-cohort":
+            p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
+            p.add_argument(
+                "--set",
+                metavar="JSON",
+                help='config settings as JSON, e.g. \'{"folds": {"n": 5}}\'',
+            )
+        return p
+
+    p = command(
+        "synth-cohort",
+        "Write the built-in synthetic prostate mpMRI cohort (nnU-Net raw layout).",
+        _synth,
+    )
+    p.add_argument("out", type=Path, help="output folder (replaced atomically)")
+    p.add_argument("--n-patients", type=int, default=40, help="number of patients (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--labels", default="lesion", help="lesion (binary) or lesion+zones (default lesion)"
+    )
+    p.add_argument(
+        "--two-visit-fraction", type=float, default=0.25, help="patients with a second visit"
+    )
+    p.add_argument(
+        "--domain-b-fraction", type=float, default=0.5, help="patients scanned on scanner B"
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+
+    p = command(
+        "validate", "Check every file of a cohort and report all problems at once.", _validate
+    )
+    p.add_argument("dataset", type=Path, help="nnU-Net raw or MSD task folder")
+    p.add_argument("--report", type=Path, help="write the report as JSON here")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+
+    p = command(
+        "preprocess",
+        "Validate, then reorient, resample, crop and normalise every case.",
+        _preprocess,
+    )
+    p.add_argument("dataset", type=Path, help="nnU-Net raw or MSD task folder")
+    p.add_argument(
+        "-o", "--out", type=Path, required=True, help="preprocessed folder (replaced atomically)"
+    )
+    p.add_argument("--validation", type=Path, help="a report from 'adseg validate' of this cohort")
+    p.add_argument("--workers", type=int, help="processes (default: preprocess.workers)")
+
+    p = command(
+        "splits", "Make (or check a given) patient-level cross-validation splits.json.", _splits
+    )
+    p.add_argument("preprocessed", type=Path, help="folder written by 'adseg preprocess'")
+    p.add_argument("-o", "--out", type=Path, required=True, help="splits.json to write")
+    p.add_argument("--folds", type=int, help="number of folds (overrides folds.n)")
+    p.add_argument("--seed", type=int, help="seed (overrides folds.seed)")
+    p.add_argument("--file", type=Path, help="a user-given splits file to validate and adopt")
+
+    p = command("qc", "Draw the QC overview and one figure per preprocessed case.", _qc)
+    p.add_argument("preprocessed", type=Path, help="folder written by 'adseg preprocess'")
+    p.add_argument("-o", "--out", type=Path, required=True, help="folder for the PNG files")
+
+    p = command("config", "Print a config with every default filled in (validates it).", _config)
+    return parser
+
+
+def _load(path: Path | None, overrides: dict | None = None, settings: str | None = None) -> dict:
+    """Resolve a config from a YAML file, then JSON ``--set`` settings, then flag overrides."""
+    from adseg.config import ConfigError, deep_merge, load_config
+
+    try:
+        merged = json.loads(settings) if settings else {}
+    except json.JSONDecodeError as err:
+        raise UserError(f"--set: not valid JSON ({err})") from None
+    try:
+        return load_config(path, deep_merge(merged, overrides or {}))
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+
+
+def _synth(args) -> None:
+    from adseg.synth import generate_cohort
+
+    dataset = generate_cohort(
+        args.out,
+        args.n_patients,
+        args.seed,
+        args.labels,
+        args.two_visit_fraction,
+        args.domain_b_fraction,
+        args.workers,
+        not args.no_progress,
+    )
+    logger.info(
+        "wrote %d cases of %d patients to %s", dataset["numTraining"], args.n_patients, args.out
+    )
+
+
+def _layout(config: dict) -> str:
+    source = config["dataset"]["source"]
+    return "auto" if source in ("synthetic", "auto") else source
+
+
+def _validate(args) -> None:
+    from adseg.io import write_json
+    from adseg.validate import validate_cohort
+
+    config = _load(args.config, settings=args.set)
+    ds = config["dataset"]
+    report = validate_cohort(
+        args.dataset,
+        _layout(config),
+        ds["patient_regex"],
+        ds["grid_tolerance"],
+        ds["anisotropy_warning"],
+        args.workers,
+        not args.no_progress,
+    )
+    if args.report:
+        write_json(args.report, report.to_dict())
+    print(report.format())
+    if not report.ok():
+        raise UserError(f"{len(report.errors)} error(s) in {args.dataset}; fix them and run again")
+
+
+def _preprocess(args) -> None:
+    from adseg.io import read_json
+    from adseg.prepare import prepare_cohort
+    from adseg.validate import ValidationReport
+
+    config = _load(args.config, settings=args.set)
+    report = ValidationReport.from_dict(read_json(args.validation)) if args.validation else None
+    workers = args.workers or config["preprocess"]["workers"]
+    fingerprint = prepare_cohort(
+        args.dataset, config, args.out, report, workers, not args.no_progress
+    )
+    logger.info(
+        "preprocessed %d cases at %s mm into %s",
+        fingerprint["n_cases"],
+        fingerprint["target_spacing"],
+        args.out,
+    )
+
+
+def _splits(args) -> None:
+    from adseg.io import read_json, write_json
+    from adseg.splits import case_meta_from_dataset, describe_splits, make_splits, validate_splits
+
+    overrides = {
+        "folds": {k: v for k, v in (("n", args.folds), ("seed", args.seed)) if v is not None}
+    }
+    config = _load(args.config, overrides, args.set)
+    cases = case_meta_from_dataset(read_json(args.preprocessed / "dataset.json"))
+    user_file = args.file or (Path(config["folds"]["file"]) if config["folds"]["file"] else None)
+    if user_file:
+        splits = validate_splits(read_json(user_file), cases, str(user_file))
+    else:
+        folds = config["folds"]
+        splits = make_splits(cases, folds["n"], folds["seed"], folds["stratify"])
+    write_json(args.out, splits)
+    print(describe_splits(splits, cases))
+
+
+def _qc(args) -> None:
+    from adseg.qc import qc_report
+
+    written = qc_report(args.preprocessed, args.out, not args.no_progress)
+    logger.info("wrote %d QC figures to %s", len(written), args.out)
+
+
+def _config(args) -> None:
+    print(yaml.safe_dump(_load(args.config, settings=args.set), sort_keys=False), end="")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``adseg`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from adseg.cohort import CohortError
+
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"adseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, CohortError) as err:
+        # raised by the library for bad input (cohort, splits, plan); the message names the file
+        print(f"adseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

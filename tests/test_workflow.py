@@ -1,0 +1,65 @@
+"""The real Snakemake workflow, end to end on the tiny config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end(tmp_path):
+    results = tmp_path / "results"
+    args = [
+        "--cores",
+        "2",
+        "--configfile",
+        "config/tiny.yaml",
+        "--config",
+        f"results_dir={results}",
+    ]
+    run = snakemake(*args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    exp = results / "tiny"
+    validation = json.loads((exp / "validation.json").read_text())
+    assert not [p for p in validation["problems"] if p["level"] == "error"]
+    dataset = json.loads((exp / "preprocessed" / "dataset.json").read_text())
+    n_cases = dataset["numTraining"]
+    assert n_cases >= 8
+    assert len(list((exp / "preprocessed" / "imagesTr").glob("*.nii.gz"))) == 3 * n_cases
+    plans = json.loads((exp / "preprocessed" / "plans.json").read_text())
+    assert plans["target_spacing"] == [2.0, 2.0, 3.0]
+    assert plans["channel_names"] == ["T2w", "ADC", "DWI"]
+    splits = json.loads((exp / "splits.json").read_text())
+    assert len(splits["folds"]) == 4
+    assert sorted(c for f in splits["folds"] for c in f["val"]) == sorted(dataset["cases"])
+    assert (exp / "qc" / "overview.png").stat().st_size > 10_000
+    assert len(list((exp / "qc" / "cases").glob("*.png"))) == n_cases
+    for rule in ("synth_cohort", "validate_cohort", "preprocess", "splits", "qc"):
+        assert (exp / "logs" / f"{rule}.log").exists(), rule
+    again = snakemake(*args, "--dry-run")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_workflow_rejects_unknown_config_keys():
+    run = snakemake("--cores", "1", "--dry-run", "--config", "epochs=3", timeout=120)
+    assert run.returncode != 0
+    assert "unknown key(s) 'epochs'; allowed: dataset, experiment" in run.stdout + run.stderr
+
+
+def test_workflow_lint_is_clean():
+    run = snakemake("--lint", timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
