@@ -63,3 +63,50 @@ def test_workflow_rejects_unknown_config_keys():
 def test_workflow_lint_is_clean():
     run = snakemake("--lint", timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_workflow_on_a_decathlon_task_with_given_splits(msd_cohort, tmp_path):
+    root = msd_cohort(case_ids=[f"prostate_{i:02d}" for i in range(4)])
+    given = tmp_path / "splits_final.json"
+    cases = [f"prostate_{i:02d}" for i in range(4)]
+    folds = [{"train": [c for c in cases if c != v], "val": [v]} for v in cases]
+    given.write_text(json.dumps(folds))
+    config = tmp_path / "msd.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "experiment": "msd",
+                "results_dir": str(tmp_path / "results"),
+                "dataset": {"source": "msd", "path": str(root)},
+                "preprocess": {"target_spacing": [1.2, 1.2, 3.0]},
+                "folds": {"n": 4, "file": str(given)},
+            }
+        )
+    )
+    run = snakemake("--cores", "2", "--configfile", str(config))
+    assert run.returncode == 0, run.stderr[-3000:]
+    exp = tmp_path / "results" / "msd"
+    assert not (exp / "raw").exists()  # a real cohort is read in place
+    splits = json.loads((exp / "splits.json").read_text())
+    assert [f["val"] for f in splits["folds"]] == [[c] for c in cases]
+    plans = json.loads((exp / "preprocessed" / "plans.json").read_text())
+    assert plans["channel_names"] == ["T2", "ADC"] and plans["labels"]["TZ"] == 2
+
+
+def test_workflow_reports_cohort_errors_in_the_log(nnunet_cohort, tmp_path):
+    root = nnunet_cohort(case_ids=("a", "b", "c", "d"))
+    (root / "imagesTr" / "b_0001.nii.gz").unlink()
+    results = tmp_path / "results"
+    run = snakemake(
+        "--cores",
+        "1",
+        "--config",
+        "dataset={source: nnunet, path: " + str(root) + "}",
+        f"results_dir={results}",
+        timeout=300,
+    )
+    assert run.returncode != 0
+    log = (results / "default" / "logs" / "validate_cohort.log").read_text()
+    assert "case 'b' lacks channel 1 (ADC): b_0001.nii.gz" in log
+    assert not (results / "default" / "preprocessed").exists()

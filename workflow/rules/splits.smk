@@ -1,7 +1,9 @@
 # Stage 3: patient-level cross-validation folds (a workflow output, never recomputed silently).
 rule splits:
     input:
-        EXP / "preprocessed",
+        preprocessed=EXP / "preprocessed",
+        # a user-given splits file is validated against the cohort and adopted
+        given=config["folds"]["file"] or [],
     output:
         EXP / "splits.json",
     log:
@@ -15,4 +17,4 @@ rule splits:
     params:
         cfg=settings("folds"),
     shell:
-        "python -m adseg splits {input} -o {output} --set {params.cfg} > {log} 2>&1"
+        "python -m adseg splits {input.preprocessed} -o {output} --set {params.cfg} > {log} 2>&1"
