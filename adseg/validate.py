@@ -21,8 +21,9 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from adseg.cohort import Case, ChannelSource, Problem, Problems, discover_cohort
+from adseg.cohort import Case, discover_cohort
 from adseg.geometry import Grid, obliquity_deg, orientation_code
+from adseg.layouts import ChannelSource, Problem, Problems
 from adseg.log import parallel_map
 
 OBLIQUE_WARNING_DEG = 30.0  # below this an oblique scan is routine; above, its code is a guess

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from adseg.cohort import (
-    ChannelSource,
-    CohortError,
-    Problem,
-    discover_cohort,
-    read_channel,
-    read_label,
-)
+from adseg.cohort import CohortError, discover_cohort, read_channel, read_label
+from adseg.layouts import ChannelSource, Problem
 
 
 def errors(problems: list[Problem]) -> list[str]:

@@ -12,9 +12,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from adseg import __version__, synth
+from adseg import __version__, phantom
 from adseg.geometry import Grid, obliquity_deg, orientation_code
-from adseg.synth import LABEL_SETS, SCANNERS, generate_cohort, render_case, sample_patient
+from adseg.phantom import LABEL_SETS, SCANNERS, render_case
+from adseg.synth import generate_cohort, sample_patient
 
 N_PATIENTS, SEED = 6, 3
 
@@ -153,11 +154,11 @@ def test_patient_statistics():
             assert p.visits[1].t2_grid != p.visits[0].t2_grid and p.visits[1].growth >= 1
 
 
-def find_patient(condition) -> synth.Patient:
+def find_patient(condition) -> phantom.Patient:
     return next(p for i in range(1, 200) if condition(p := sample_patient(0, i, 0.0, 0.0)))
 
 
-def render_on_t2(patient: synth.Patient) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def render_on_t2(patient: phantom.Patient) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """T2w, ADC and DWI resampled onto the T2w grid, the label and the tissue map."""
     images, label, tissue = render_case(patient, patient.visits[0], "lesion+zones")
     arrays = [
@@ -172,29 +173,29 @@ def render_on_t2(patient: synth.Patient) -> tuple[list[np.ndarray], np.ndarray, 
 
 
 def test_lesions_and_mimics_have_the_right_contrast():
-    def wanted(p: synth.Patient) -> bool:
+    def wanted(p: phantom.Patient) -> bool:
         tissues = {b.tissue for b in p.blobs}
         big = any(d > 10 for zone, d in p.lesions if zone == "PZ")
-        return big and {synth.NODULE, synth.PROSTATITIS} <= tissues
+        return big and {phantom.NODULE, phantom.PROSTATITIS} <= tissues
 
     (t2, adc, dwi), label, tissue = render_on_t2(find_patient(wanted))
     mean = {name: {} for name in ("t2", "adc", "dwi")}
     for name, array in zip(mean, (t2, adc, dwi), strict=True):
-        for code in (synth.PZ, synth.TZ, synth.LESION, synth.NODULE, synth.PROSTATITIS):
+        for code in (phantom.PZ, phantom.TZ, phantom.LESION, phantom.NODULE, phantom.PROSTATITIS):
             mean[name][code] = array[tissue == code].mean()
     t2, adc, dwi = mean["t2"], mean["adc"], mean["dwi"]
-    lesion = synth.LESION
-    assert t2[lesion] < 0.6 * t2[synth.PZ] and t2[lesion] < t2[synth.TZ]
-    assert adc[lesion] < 0.8 * min(adc[synth.PZ], adc[synth.TZ])
-    assert dwi[lesion] > 1.4 * max(dwi[synth.PZ], dwi[synth.TZ])
+    lesion = phantom.LESION
+    assert t2[lesion] < 0.6 * t2[phantom.PZ] and t2[lesion] < t2[phantom.TZ]
+    assert adc[lesion] < 0.8 * min(adc[phantom.PZ], adc[phantom.TZ])
+    assert dwi[lesion] > 1.4 * max(dwi[phantom.PZ], dwi[phantom.TZ])
     # a stromal nodule is as dark as a lesion on T2w, but its ADC and DWI are TZ-like
-    assert t2[synth.NODULE] < 0.8 * t2[synth.TZ]
-    assert adc[synth.NODULE] == pytest.approx(adc[synth.TZ], rel=0.15)
-    assert dwi[synth.NODULE] < 0.75 * dwi[lesion]
+    assert t2[phantom.NODULE] < 0.8 * t2[phantom.TZ]
+    assert adc[phantom.NODULE] == pytest.approx(adc[phantom.TZ], rel=0.15)
+    assert dwi[phantom.NODULE] < 0.75 * dwi[lesion]
     # prostatitis: mildly dark T2w and ADC, not DWI-bright
-    assert t2[lesion] < t2[synth.PROSTATITIS] < t2[synth.PZ]
-    assert adc[lesion] < adc[synth.PROSTATITIS] < adc[synth.PZ]
-    assert dwi[synth.PROSTATITIS] < 0.75 * dwi[lesion]
+    assert t2[lesion] < t2[phantom.PROSTATITIS] < t2[phantom.PZ]
+    assert adc[lesion] < adc[phantom.PROSTATITIS] < adc[phantom.PZ]
+    assert dwi[phantom.PROSTATITIS] < 0.75 * dwi[lesion]
     # the label is lesion occupancy >= 0.5, so it agrees with the tissue at voxel centres
     both = np.sum((label == 1) & (tissue == lesion))
     assert 2 * both / (np.sum(label == 1) + np.sum(tissue == lesion)) > 0.9
@@ -209,14 +210,14 @@ def test_scanner_domains_differ():
         assert patient.domain == domain
         np.testing.assert_array_equal(patient.blobs[-1].centre, anatomy.blobs[-1].centre)
         (t2, adc, dwi), _, tissue = render_on_t2(patient)
-        pz = tissue == synth.PZ
+        pz = tissue == phantom.PZ
         # rectal gas away from the wall: pure noise, no partial volume
-        gas = ndimage.binary_erosion(tissue == synth.GAS, np.ones((1, 5, 5)))
+        gas = ndimage.binary_erosion(tissue == phantom.GAS, np.ones((1, 5, 5)))
         stats[domain] = {
             "t2_pz": t2[pz].mean(),
             "noise": t2[gas].std() / t2[pz].mean(),
             "adc_pz": adc[pz].mean(),
-            "dwi_contrast": dwi[tissue == synth.LESION].mean() / dwi[pz].mean(),
+            "dwi_contrast": dwi[tissue == phantom.LESION].mean() / dwi[pz].mean(),
         }
     a, b = stats["A"], stats["B"]
     assert b["noise"] > 1.5 * a["noise"]
