@@ -1,0 +1,100 @@
+"""The two adversarial updates, written out (pix2pix's ``optimize_parameters`` pattern).
+
+Shared by the segmentation schemes (the segmentor S plays the generator; real = expert
+one-hot maps, fake = S's softmax maps) and by the GAN synthesis modules.
+
+- :func:`discriminator_step`: D learns to tell real from fake. The fake is detached, so no
+  gradient reaches the generator.
+- :func:`generator_step`: the generator learns to fool D. D's parameters are frozen
+  (``requires_grad_(False)``) for the step, so D is not updated by the generator's loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adseg.losses import discriminator_loss, generator_loss, gradient_penalty
+
+
+def grad_norm(module: nn.Module) -> float:
+    """Global L2 norm of the gradients of ``module``'s parameters (0 if there are none)."""
+    norms = [p.grad.detach().norm(2) for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def discriminator_step(
+    disc: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    loss: str,
+    real_target: float = 1.0,
+    gp_weight: float = 10.0,
+    clip: float = 0.01,
+) -> dict[str, float]:
+    """One update of D on a batch of real and generated samples.
+
+    L_D = discriminator_loss(D(real), D(fake.detach())), plus λ·GP for ``wgan-gp``; for
+    ``wgan`` the weights are clipped to ``[-clip, clip]`` after the step (Arjovsky 2017).
+
+    Returns:
+        ``loss_d``, mean raw scores ``d_real`` and ``d_fake``, and ``grad_norm_d``.
+    """
+    fake = fake.detach()
+    disc.requires_grad_(True)
+    optimizer.zero_grad(set_to_none=True)
+    real_scores, fake_scores = disc(real), disc(fake)
+    loss_d = discriminator_loss(loss, real_scores, fake_scores, real_target)
+    if loss == "wgan-gp":
+        loss_d = loss_d + gp_weight * gradient_penalty(disc, real, fake)
+    loss_d.backward()
+    norm = grad_norm(disc)
+    optimizer.step()
+    if loss == "wgan":
+        with torch.no_grad():
+            for p in disc.parameters():
+                p.clamp_(-clip, clip)
+    return {
+        "loss_d": float(loss_d.detach()),
+        "d_real": float(real_scores.detach().mean()),
+        "d_fake": float(fake_scores.detach().mean()),
+        "grad_norm_d": norm,
+    }
+
+
+def generator_step(
+    gen: nn.Module,
+    disc: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fake: torch.Tensor,
+    loss: str,
+    adv_weight: float = 1.0,
+    supervised: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """One update of the generator (or segmentor) through a frozen D.
+
+    L = adv_weight · generator_loss(D(fake)) + supervised, where ``fake`` still carries the
+    generator's graph and ``supervised`` is an optional extra term (the segmentor's
+    cross-entropy in the hybrid scheme: λ·L_mce + L_S).
+
+    Returns:
+        ``loss_g`` (total), ``loss_adv`` and ``grad_norm_g``.
+    """
+    disc.requires_grad_(False)
+    try:
+        optimizer.zero_grad(set_to_none=True)
+        loss_adv = generator_loss(loss, disc(fake))
+        total = adv_weight * loss_adv
+        if supervised is not None:
+            total = total + supervised
+        total.backward()
+        norm = grad_norm(gen)
+        optimizer.step()
+    finally:
+        disc.requires_grad_(True)
+    return {
+        "loss_g": float(total.detach()),
+        "loss_adv": float(loss_adv.detach()),
+        "grad_norm_g": norm,
+    }

@@ -1,0 +1,64 @@
+"""The D step leaves the generator unchanged; the G step leaves D unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adseg.losses import ADVERSARIAL_LOSSES
+from adseg.steps import discriminator_step, generator_step
+
+
+def nets():
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    disc = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1), nn.Flatten(0))
+    return gen, disc
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("loss", ADVERSARIAL_LOSSES)
+def test_d_step_updates_only_d(loss):
+    gen, disc = nets()
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
+    g0, d0 = snapshot(gen), snapshot(disc)
+    fake = gen(torch.randn(6, 4))
+    stats = discriminator_step(disc, opt_d, torch.randn(6, 3), fake, loss)
+    assert changed(d0, disc) and not changed(g0, gen)
+    assert all(p.grad is None for p in gen.parameters())  # the fake was detached
+    assert set(stats) == {"loss_d", "d_real", "d_fake", "grad_norm_d"} and stats["grad_norm_d"] > 0
+
+
+@pytest.mark.parametrize("loss", ADVERSARIAL_LOSSES)
+def test_g_step_updates_only_g(loss):
+    gen, disc = nets()
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
+    g0, d0 = snapshot(gen), snapshot(disc)
+    stats = generator_step(gen, disc, opt_g, gen(torch.randn(6, 4)), loss)
+    assert changed(g0, gen) and not changed(d0, disc)
+    assert all(p.grad is None for p in disc.parameters())  # D was frozen
+    assert all(p.requires_grad for p in disc.parameters())  # and is trainable again
+    assert stats["grad_norm_g"] > 0
+
+
+def test_supervised_term_is_added():
+    gen, disc = nets()
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.0)
+    fake = gen(torch.randn(6, 4))
+    stats = generator_step(gen, disc, opt_g, fake, "nonsaturating", 0.5, torch.tensor(2.0))
+    assert stats["loss_g"] == pytest.approx(0.5 * stats["loss_adv"] + 2.0)
+
+
+def test_wgan_clips_critic_weights():
+    gen, disc = nets()
+    opt_d = torch.optim.SGD(disc.parameters(), lr=10.0)
+    discriminator_step(disc, opt_d, torch.randn(6, 3), gen(torch.randn(6, 4)), "wgan", clip=0.01)
+    assert max(p.abs().max().item() for p in disc.parameters()) <= 0.01 + 1e-7
