@@ -127,6 +127,10 @@ def _load(path: Path | None, overrides: dict | None = None, settings: str | None
         merged = json.loads(settings) if settings else {}
     except json.JSONDecodeError as err:
         raise UserError(f"--set: not valid JSON ({err})") from None
+    if not isinstance(merged, dict):
+        raise UserError(
+            '--set: expected a JSON object of config sections, e.g. \'{"folds": {"n": 5}}\''
+        )
     try:
         return load_config(path, deep_merge(merged, overrides or {}))
     except ConfigError as err:
@@ -184,7 +188,14 @@ def _preprocess(args) -> None:
     from adseg.validate import ValidationReport
 
     config = _load(args.config, settings=args.set)
-    report = ValidationReport.from_dict(read_json(args.validation)) if args.validation else None
+    report = None
+    if args.validation:
+        try:
+            report = ValidationReport.from_dict(read_json(args.validation))
+        except (KeyError, TypeError, AttributeError):
+            raise UserError(
+                f"{args.validation}: not a report written by 'adseg validate'"
+            ) from None
     workers = args.workers or config["preprocess"]["workers"]
     fingerprint = prepare_cohort(
         args.dataset, config, args.out, report, workers, not args.no_progress

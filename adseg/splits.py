@@ -31,6 +31,12 @@ def case_meta_from_dataset(dataset: dict) -> list[CaseMeta]:
     A case is positive if its ``lesion`` label (or, without one, any foreground label) has a
     non-zero volume.
     """
+    cases = dataset.get("cases")
+    if not isinstance(cases, dict) or not all("label_ml" in m for m in cases.values()):
+        raise ValueError(
+            "dataset.json has no 'cases' with patient ids and label volumes; "
+            "give the folder written by 'adseg preprocess'"
+        )
     metas = []
     for case_id, meta in sorted(dataset["cases"].items()):
         volumes = meta.get("label_ml", {})
@@ -120,47 +126,98 @@ def _splits_dict(
     }
 
 
+def _fold_lists(splits, source: str) -> list[dict]:
+    """The folds of adseg's or nnU-Net's splits format, checked for shape."""
+    folds = splits.get("folds") if isinstance(splits, dict) else splits
+    ok = (
+        isinstance(folds, list)
+        and folds
+        and all(
+            isinstance(f, dict)
+            and all(
+                isinstance(f.get(k), list) and all(isinstance(c, str) for c in f[k])
+                for k in ("train", "val")
+            )
+            for f in folds
+        )
+    )
+    if not ok:
+        raise ValueError(
+            f"{source}: expected a list of folds, each with 'train' and 'val' lists of case ids "
+            "(adseg's splits.json or nnU-Net's splits_final.json)"
+        )
+    return folds
+
+
 def validate_splits(splits, cases: list[CaseMeta], source: str = "splits") -> dict:
     """Check a user-given splits file against the cohort and return it in adseg's form.
 
     Accepts adseg's ``splits.json`` or nnU-Net's ``splits_final.json`` (a list of
-    ``{"train": [...], "val": [...]}``). Every problem is reported at once.
+    ``{"train": [...], "val": [...]}``). The user's lists are kept as given. Every problem
+    is reported at once: unknown cases, cases of the cohort a fold leaves out, a case or
+    patient in both train and val of a fold, a case not validated exactly once, a patient
+    validated in more than one fold.
 
     Raises:
         ValueError: listing every problem, naming ``source``.
     """
-    folds = splits["folds"] if isinstance(splits, dict) else splits
-    if not isinstance(folds, list) or not all(
-        isinstance(f, dict) and {"train", "val"} <= set(f) for f in folds
-    ):
-        raise ValueError(f"{source}: expected a list of folds with 'train' and 'val' case lists")
+    folds = _fold_lists(splits, source)
     known = {c.case_id: c for c in cases}
     problems = []
-    validated_in = Counter()
+    validated_in: dict[str, list[int]] = defaultdict(list)
+    patient_folds: dict[str, set[int]] = defaultdict(set)
     for i, fold in enumerate(folds):
         train, val = set(fold["train"]), set(fold["val"])
-        for cid in sorted((train | val) - set(known)):
-            problems.append(f"fold {i}: case {cid!r} is not in the cohort")
-        for cid in sorted(train & val):
-            problems.append(f"fold {i}: case {cid!r} is in both train and val")
+        problems += [
+            f"fold {i}: case {c!r} is not in the cohort" for c in sorted((train | val) - set(known))
+        ]
+        problems += [f"fold {i}: case {c!r} is in both train and val" for c in sorted(train & val)]
+        missing = sorted(set(known) - train - val)
+        if missing:
+            problems.append(
+                f"fold {i}: {len(missing)} case(s) in neither train nor val: "
+                + ", ".join(missing[:5])
+            )
         train_p = {known[c].patient_id for c in train if c in known}
         val_p = {known[c].patient_id for c in val if c in known}
-        for patient in sorted(train_p & val_p):
-            problems.append(f"fold {i}: patient {patient!r} has cases in both train and val")
-        validated_in.update(val)
+        problems += [
+            f"fold {i}: patient {p!r} has cases in both train and val"
+            for p in sorted(train_p & val_p)
+        ]
+        for c in val & set(known):
+            validated_in[c].append(i)
+            patient_folds[known[c].patient_id].add(i)
     for cid in sorted(known):
-        if validated_in[cid] != 1:
+        if len(validated_in[cid]) != 1:
             problems.append(
-                f"case {cid!r} is validated in {validated_in[cid]} folds (expected exactly 1)"
+                f"case {cid!r} is validated in {len(validated_in[cid])} folds (expected exactly 1)"
+            )
+    for patient, in_folds in sorted(patient_folds.items()):
+        if len(in_folds) > 1:
+            problems.append(
+                f"patient {patient!r} is validated in folds {sorted(in_folds)} (expected one)"
             )
     if problems:
         raise ValueError(f"{source}: invalid splits:\n  " + "\n  ".join(problems))
-    by_patient: dict[str, list[CaseMeta]] = defaultdict(list)
-    for case in cases:
-        by_patient[case.patient_id].append(case)
-    fold_of = {known[c].patient_id: i for i, fold in enumerate(folds) for c in fold["val"]}
+    out = []
+    for i, fold in enumerate(folds):
+        out.append(
+            {
+                "fold": i,
+                "train": list(fold["train"]),
+                "val": list(fold["val"]),
+                "train_patients": sorted({known[c].patient_id for c in fold["train"]}),
+                "val_patients": sorted({known[c].patient_id for c in fold["val"]}),
+            }
+        )
     seed = splits.get("seed") if isinstance(splits, dict) else None
-    return _splits_dict(by_patient, fold_of, len(folds), seed, ["user-given"])
+    return {
+        "n_folds": len(folds),
+        "seed": seed,
+        "stratify": ["user-given"],
+        "unit": "patient",
+        "folds": out,
+    }
 
 
 def describe_splits(splits: dict, cases: list[CaseMeta]) -> str:

@@ -103,3 +103,17 @@ def test_splits_rejects_a_bad_user_file(cohort, tmp_path):
         "given.json: invalid splits" in run.stderr and "'nobody' is not in the cohort" in run.stderr
     )
     assert not (tmp_path / "s.json").exists()
+
+
+def test_malformed_inputs_get_messages_not_tracebacks(cohort, tmp_path):
+    run = adseg("config", "--set", "[1]")
+    assert run.returncode == 1 and "--set: expected a JSON object" in run.stderr
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps({"fold0": {}}))
+    run = adseg("preprocess", cohort, "-o", tmp_path / "pre", "--validation", notes)
+    assert (
+        run.returncode == 1 and "notes.json: not a report written by 'adseg validate'" in run.stderr
+    )
+    run = adseg("splits", cohort, "-o", tmp_path / "s.json")  # a raw folder, not a preprocessed one
+    assert run.returncode == 1 and "no 'cases' with patient ids and label volumes" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -111,3 +111,41 @@ def test_case_meta_from_preprocessed_dataset():
     assert [m.case_id for m in metas] == ["a", "b", "c"]
     # the lesion label decides where there is one; otherwise any foreground label
     assert [m.positive for m in metas] == [True, False, True]
+
+
+def test_user_splits_cannot_split_a_patient_across_validation_folds():
+    cases = [CaseMeta("a_1", "P1", "A", True), CaseMeta("a_2", "P1", "A", True)]
+    cases += [CaseMeta(f"b{i}", f"Q{i}", "B", False) for i in range(2)]
+    # P1's two visits are validated in different folds; no fold has P1 in train and val
+    bad = [
+        {"train": ["b1"], "val": ["a_1", "b0"]},
+        {"train": ["b0"], "val": ["a_2", "b1"]},
+    ]
+    with pytest.raises(ValueError) as err:
+        validate_splits(bad, cases, "given.json")
+    message = str(err.value)
+    assert "patient 'P1' is validated in folds [0, 1] (expected one)" in message
+    assert "fold 0: 1 case(s) in neither train nor val: a_2" in message
+
+
+@pytest.mark.parametrize(
+    "splits", [{"fold0": {}}, [{"train": [["x"]], "val": []}], [], "folds", [{"train": []}]]
+)
+def test_malformed_user_splits_get_a_clear_error(splits):
+    with pytest.raises(
+        ValueError, match="f.json: expected a list of folds, each with 'train' and 'val'"
+    ):
+        validate_splits(splits, cohort(4), "f.json")
+
+
+def test_user_lists_are_kept_as_given():
+    cases = cohort(8)
+    ours = make_splits(cases, 2, seed=0)
+    reordered = [{"train": f["train"][::-1], "val": f["val"][::-1]} for f in ours["folds"]]
+    out = validate_splits(reordered, cases)
+    assert [f["val"] for f in out["folds"]] == [f["val"] for f in reordered]
+
+
+def test_raw_dataset_json_is_not_a_preprocessed_one():
+    with pytest.raises(ValueError, match="no 'cases' with patient ids and label volumes"):
+        case_meta_from_dataset({"channel_names": {"0": "T2w"}})
