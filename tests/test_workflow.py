@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -92,6 +93,14 @@ def test_workflow_on_a_decathlon_task_with_given_splits(msd_cohort, tmp_path):
     assert [f["val"] for f in splits["folds"]] == [[c] for c in cases]
     plans = json.loads((exp / "preprocessed" / "plans.json").read_text())
     assert plans["channel_names"] == ["T2", "ADC"] and plans["labels"]["TZ"] == 2
+    # a label fixed in place makes the stages that read it out of date
+    label = root / "labelsTr" / "prostate_02.nii.gz"
+    image = sitk.ReadImage(str(label))
+    image[0, 0, 0] = 1
+    sitk.WriteImage(image, str(label))
+    again = snakemake("--cores", "1", "--configfile", str(config), "--dry-run")
+    assert again.returncode == 0
+    assert "validate_cohort" in again.stdout and "preprocess" in again.stdout
 
 
 def test_workflow_reports_cohort_errors_in_the_log(nnunet_cohort, tmp_path):

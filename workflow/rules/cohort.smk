@@ -24,7 +24,7 @@ if SYNTHETIC:
 
 rule validate_cohort:
     input:
-        dataset=RAW,
+        cohort_files(),
     output:
         EXP / "validation.json",
     log:
@@ -37,6 +37,7 @@ rule validate_cohort:
         runtime=60,
     params:
         cfg=settings("dataset"),
+        root=RAW,
     shell:
-        "python -m adseg validate {input.dataset} --set {params.cfg} --report {output} "
+        "python -m adseg validate {params.root} --set {params.cfg} --report {output} "
         "--workers {threads} > {log} 2>&1"

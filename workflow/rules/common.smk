@@ -4,7 +4,7 @@ import os
 import shlex
 from pathlib import Path
 
-from adseg.config import resolve_config
+from adseg.config import experiment_dir, resolve_config
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.
@@ -18,10 +18,26 @@ CONDA_ENV = "../../environment.yml"
 REPO = Path(workflow.basedir).parent
 python_path = [str(REPO), os.environ.get("PYTHONPATH", "")]
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in python_path if p))
-EXP = Path(config["results_dir"]) / config["experiment"]
+EXP = experiment_dir(config)
 LOGS = EXP / "logs"
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
 RAW = EXP / "raw" if SYNTHETIC else Path(config["dataset"]["path"])
+
+
+def cohort_files():
+    """The cohort's files as inputs, so editing or adding a case reruns what depends on it.
+
+    (A folder as input is judged by the folder's own modification time, which does not
+    change when a file inside it is rewritten.)
+    """
+    if SYNTHETIC:
+        return [RAW]
+    files = [RAW / "dataset.json"]
+    for folder in ("imagesTr", "labelsTr"):
+        files += sorted(
+            p for p in (RAW / folder).glob("*") if not p.name.startswith(".")
+        )
+    return files
 
 
 def settings(*sections):
@@ -30,4 +46,7 @@ def settings(*sections):
     Passing them as params (not a config file) makes Snakemake rerun a rule exactly when a
     section it uses changes.
     """
-    return shlex.quote(json.dumps({s: config[s] for s in sections}, sort_keys=True))
+    chosen = {s: dict(config[s]) for s in sections}
+    # how many processes run a stage does not change its results
+    chosen.get("preprocess", {}).pop("workers", None)
+    return shlex.quote(json.dumps(chosen, sort_keys=True))

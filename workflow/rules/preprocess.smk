@@ -1,7 +1,7 @@
 # Stage 2: every case onto one canonical grid, with the fingerprint, plan and QC table.
 rule preprocess:
     input:
-        dataset=RAW,
+        cohort_files(),
         validation=EXP / "validation.json",
     output:
         directory(EXP / "preprocessed"),
@@ -9,12 +9,13 @@ rule preprocess:
         LOGS / "preprocess.log",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: config["preprocess"]["workers"]
     resources:
         mem_mb=8000,
         runtime=120,
     params:
         cfg=settings("dataset", "preprocess"),
+        root=RAW,
     shell:
-        "python -m adseg preprocess {input.dataset} -o {output} --set {params.cfg} "
+        "python -m adseg preprocess {params.root} -o {output} --set {params.cfg} "
         "--validation {input.validation} --workers {threads} > {log} 2>&1"
