@@ -155,26 +155,12 @@ def _synth(args) -> None:
     )
 
 
-def _layout(config: dict) -> str:
-    source = config["dataset"]["source"]
-    return "auto" if source in ("synthetic", "auto") else source
-
-
 def _validate(args) -> None:
     from adseg.io import write_json
-    from adseg.validate import validate_cohort
+    from adseg.validate import validate_with_config
 
     config = _load(args.config, settings=args.set)
-    ds = config["dataset"]
-    report = validate_cohort(
-        args.dataset,
-        _layout(config),
-        ds["patient_regex"],
-        ds["grid_tolerance"],
-        ds["anisotropy_warning"],
-        args.workers,
-        not args.no_progress,
-    )
+    report = validate_with_config(args.dataset, config, args.workers, not args.no_progress)
     if args.report:
         write_json(args.report, report.to_dict())
     print(report.format())

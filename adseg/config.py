@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -98,6 +99,17 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
             problems.append(f"dataset.path: required when dataset.source is {dataset['source']!r}")
         elif not (base_dir / dataset["path"]).is_dir():
             problems.append(f"dataset.path: folder {dataset['path']!r} does not exist")
+    regex = dataset["patient_regex"]
+    if regex:
+        try:
+            groups = re.compile(regex).groups
+        except re.error as err:
+            groups = None
+            problems.append(f"dataset.patient_regex: {regex!r} is not a regular expression ({err})")
+        if groups == 0:
+            problems.append(
+                f"dataset.patient_regex: {regex!r} needs a group (...) for the patient id"
+            )
     splits_file = config["folds"]["file"]
     if splits_file and not (base_dir / splits_file).is_file():
         problems.append(f"folds.file: file {splits_file!r} does not exist")
@@ -137,6 +149,12 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def cohort_layout(config: dict) -> str:
+    """The cohort layout to read: the synthetic cohort is nnU-Net raw, found by ``auto``."""
+    source = config["dataset"]["source"]
+    return "auto" if source in ("synthetic", "auto") else source
 
 
 def experiment_dir(config: dict) -> Path:

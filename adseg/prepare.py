@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from adseg import __version__
 from adseg.cohort import Case, CohortError, discover_cohort, read_channel, read_label
+from adseg.config import cohort_layout
 from adseg.geometry import Grid, obliquity_deg
 from adseg.io import atomic_dir, write_image, write_json, write_text
 from adseg.log import logger, parallel_map
@@ -34,7 +35,7 @@ from adseg.preprocess import (
     preprocess_images,
     reoriented_grid,
 )
-from adseg.validate import CaseInfo, ValidationReport, validate_cohort
+from adseg.validate import CaseInfo, ValidationReport, case_warnings, validate_with_config
 
 LABEL_VOLUME_WARNING = 0.2  # relative change of a label's volume through resampling
 
@@ -102,20 +103,13 @@ def prepare_cohort(
     Raises:
         CohortError: the cohort has errors; every one is listed, and nothing is written.
     """
-    dataset = config["dataset"]
-    layout = "auto" if dataset["source"] in ("synthetic", "auto") else dataset["source"]
-    cohort, problems = discover_cohort(root, layout=layout, patient_regex=dataset["patient_regex"])
+    layout, regex = cohort_layout(config), config["dataset"]["patient_regex"]
+    cohort, problems = discover_cohort(root, layout=layout, patient_regex=regex)
     if report is None:
-        report = validate_cohort(
-            root,
-            layout,
-            dataset["patient_regex"],
-            dataset["grid_tolerance"],
-            dataset["anisotropy_warning"],
-            workers,
-            show_progress,
-        )
-    elif [c.case_id for c in report.cases] != [c.case_id for c in cohort.cases] or problems:
+        report = validate_with_config(root, config, workers, show_progress)
+    elif [c.case_id for c in report.cases] != [c.case_id for c in cohort.cases] or any(
+        p.level == "error" for p in problems
+    ):
         raise ValueError(
             f"the validation report does not match the cohort in {root}; validate again"
         )
@@ -133,7 +127,8 @@ def prepare_cohort(
     )
     infos = {c.case_id: c for c in report.cases}
     with atomic_dir(out_dir) as tmp:
-        jobs = [(case, infos[case.case_id], plan, tmp) for case in cohort.cases]
+        found = case_warnings(report, cohort.cases)
+        jobs = [(c, infos[c.case_id], plan, tmp, found[c.case_id]) for c in cohort.cases]
         rows = parallel_map(preprocess_case, jobs, workers, "preprocess", show_progress)
         write_json(tmp / "plans.json", plan.to_dict())
         write_json(tmp / "fingerprint.json", fingerprint)
@@ -144,19 +139,22 @@ def prepare_cohort(
     return fingerprint
 
 
-def preprocess_case(case: Case, info: CaseInfo, plan: Plan, out: Path) -> dict:
-    """Preprocess and write one case; return its QC row."""
+def preprocess_case(
+    case: Case, info: CaseInfo, plan: Plan, out: Path, validation_warnings: list[str]
+) -> dict:
+    """Preprocess and write one case; return its QC row (with validation's warnings)."""
     t0 = time.perf_counter()
     channels = [read_channel(src) for src in case.channels]
     label = read_label(case.label) if case.label is not None else None
     images, label_out, record = preprocess_images(channels, label, plan)
     for c, image in enumerate(images):
         write_image(image, out / "imagesTr" / f"{case.case_id}_{c:04d}.nii.gz")
-    warnings = []
+    warnings = list(validation_warnings)
     volumes = {}
     if label_out is not None:
         write_image(label_out, out / "labelsTr" / f"{case.case_id}.nii.gz")
-        volumes, warnings = _label_volumes(info, label_out, plan.labels)
+        volumes, volume_warnings = _label_volumes(info, label_out, plan.labels)
+        warnings += volume_warnings
     if record["label_voxels_outside_crop"]:
         warnings.append(
             f"{record['label_voxels_outside_crop']} label voxels outside the non-zero crop"

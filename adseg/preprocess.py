@@ -178,13 +178,13 @@ def n4_correct(image: sitk.Image, shrink: int = 4) -> sitk.Image:
 
 
 def nonzero_bbox(arrays: list[np.ndarray]) -> tuple[slice, ...]:
-    """Bounding box of voxels non-zero in any array (holes filled), as numpy slices."""
+    """Bounding box of the voxels non-zero in any array, as numpy slices."""
     mask = np.zeros(arrays[0].shape, bool)
     for arr in arrays:
         mask |= arr != 0
     if not mask.any():
         return tuple(slice(0, n) for n in mask.shape)
-    return ndimage.find_objects(ndimage.binary_fill_holes(mask).astype(np.uint8))[0]
+    return ndimage.find_objects(mask.astype(np.uint8))[0]
 
 
 def normalize(arr: np.ndarray, scheme: str, percentiles=(0.5, 99.5)) -> tuple[np.ndarray, dict]:

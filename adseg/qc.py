@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from adseg.io import atomic_path, read_json  # noqa: E402
+from adseg.io import atomic_dir, atomic_path, read_json  # noqa: E402
 from adseg.log import progress  # noqa: E402
 
 
@@ -128,10 +128,12 @@ def qc_report(
     channel_names = [dataset["channel_names"][k] for k in sorted(dataset["channel_names"], key=int)]
     labels = [name for name, value in dataset["labels"].items() if value != 0]
     rows = read_tsv(preprocessed / "qc.tsv")
-    written = [out_dir / "overview.png"]
-    overview_figure(rows, channel_names, labels, written[0])
-    for row in progress(rows, "qc figures", enabled=show_progress):
-        path = out_dir / "cases" / f"{row['case_id']}.png"
-        case_figure(preprocessed, row["case_id"], channel_names, path)
-        written.append(path)
-    return written
+    names = ["overview.png"] + [f"cases/{row['case_id']}.png" for row in rows]
+    # the folder is complete or absent, and holds no figure of a case no longer in the cohort
+    with atomic_dir(out_dir) as tmp:
+        overview_figure(rows, channel_names, labels, tmp / names[0])
+        for row, name in zip(
+            progress(rows, "qc figures", enabled=show_progress), names[1:], strict=True
+        ):
+            case_figure(preprocessed, row["case_id"], channel_names, tmp / name)
+    return [out_dir / name for name in names]

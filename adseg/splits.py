@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from adseg.log import logger
+
 STRATA = ("lesion", "domain")
 
 
@@ -67,6 +69,12 @@ def make_splits(cases: list[CaseMeta], n_folds: int = 4, seed: int = 0, stratify
         by_patient[case.patient_id].append(case)
     if len(by_patient) < n_folds:
         raise ValueError(f"{len(by_patient)} patients cannot fill {n_folds} folds")
+    if all(c.patient_id == c.case_id for c in cases):
+        logger.warning(
+            "no patient ids: each case counts as its own patient, so two scans of one patient "
+            "could land in different folds; list them in dataset.json 'cases' or set "
+            "dataset.patient_regex"
+        )
     strata: dict[tuple, list[str]] = defaultdict(list)
     for patient, visits in sorted(by_patient.items()):
         strata[_stratum(visits, stratify)].append(patient)

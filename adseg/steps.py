@@ -81,6 +81,7 @@ def generator_step(
     Returns:
         ``loss_g`` (total), ``loss_adv`` and ``grad_norm_g``.
     """
+    trainable = [p.requires_grad for p in disc.parameters()]
     disc.requires_grad_(False)
     try:
         optimizer.zero_grad(set_to_none=True)
@@ -92,7 +93,8 @@ def generator_step(
         norm = grad_norm(gen)
         optimizer.step()
     finally:
-        disc.requires_grad_(True)
+        for p, flag in zip(disc.parameters(), trainable, strict=True):
+            p.requires_grad_(flag)
     return {
         "loss_g": float(total.detach()),
         "loss_adv": float(loss_adv.detach()),

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from adseg.cohort import Case, discover_cohort
+from adseg.config import cohort_layout
 from adseg.geometry import Grid, obliquity_deg, orientation_code
 from adseg.layouts import ChannelSource, Problem, Problems
 from adseg.log import parallel_map
@@ -138,6 +139,36 @@ def validate_cohort(
     return ValidationReport(
         str(root), cohort.layout, len(cohort.cases), problems, [info for info, _ in results]
     )
+
+
+def validate_with_config(
+    root: str | os.PathLike, config: dict, workers: int = 1, progress: bool = True
+) -> ValidationReport:
+    """:func:`validate_cohort` with the layout and tolerances of a resolved config."""
+    ds = config["dataset"]
+    return validate_cohort(
+        root,
+        cohort_layout(config),
+        ds["patient_regex"],
+        ds["grid_tolerance"],
+        ds["anisotropy_warning"],
+        workers,
+        progress,
+    )
+
+
+def case_warnings(report: ValidationReport, cases: list[Case]) -> dict[str, list[str]]:
+    """The report's warnings per case id, matched by the files of each case."""
+    owner = {}
+    for case in cases:
+        for path in [*(src.path for src in case.channels), case.label]:
+            if path is not None:
+                owner[str(path)] = case.case_id
+    out: dict[str, list[str]] = {c.case_id: [] for c in cases}
+    for problem in report.warnings:
+        if problem.path in owner:
+            out[owner[problem.path]].append(problem.message)
+    return out
 
 
 def check_case(

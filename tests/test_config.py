@@ -18,7 +18,7 @@ def test_defaults_are_filled():
     assert config["results_dir"] == "results"
     assert config["dataset"]["source"] == "synthetic"
     assert config["dataset"]["synthetic"]["n_patients"] == 40
-    assert config["preprocess"]["normalization"]["default"] == "zscore"
+    assert config["preprocess"]["normalization"]["default"] == "zscore-nonzero"
     assert config["folds"] == {"n": 4, "seed": 0, "stratify": ["lesion", "domain"], "file": None}
     assert config["schemes"] == ["ce", "adversarial", "hybrid"]
     assert config["mlflow"]["tracking_uri"] is None
@@ -81,3 +81,11 @@ def test_overrides_merge_deeply(tmp_path):
     path.write_text(yaml.safe_dump({"experiment": "x", "folds": {"n": 5, "seed": 7}}))
     config = load_config(path, {"folds": {"seed": 9}})
     assert config["folds"]["n"] == 5 and config["folds"]["seed"] == 9
+
+
+def test_patient_regex_is_checked_up_front():
+    with pytest.raises(ConfigError, match=r"needs a group \(\.\.\.\) for the patient id"):
+        resolve_config({"dataset": {"patient_regex": "^p\\d+"}})
+    with pytest.raises(ConfigError, match="is not a regular expression"):
+        resolve_config({"dataset": {"patient_regex": "^(p"}})
+    assert resolve_config({"dataset": {"patient_regex": "^(p\\d+)_"}})["dataset"]["patient_regex"]

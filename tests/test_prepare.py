@@ -71,6 +71,22 @@ def test_nnunet_cohort_with_channels_on_two_grids(nnunet_cohort, tmp_path):
     assert float(rows[0]["lesion_ml"]) > 0
 
 
+def test_validation_warnings_reach_the_qc_table(nnunet_cohort, tmp_path):
+    root = nnunet_cohort(case_ids=("full", "empty"))
+    label = root / "labelsTr" / "empty.nii.gz"
+    image = sitk.ReadImage(str(label))
+    sitk.WriteImage(image * 0, str(label))
+    prepare_cohort(
+        root,
+        config_for("nnunet", target_spacing=[1.2, 1.2, 3.0]),
+        tmp_path / "pre",
+        show_progress=False,
+    )
+    rows = {r["case_id"]: r for r in read_tsv(tmp_path / "pre" / "qc.tsv")}
+    assert "label is empty (no foreground voxels)" in rows["empty"]["warnings"]
+    assert rows["full"]["warnings"] == ""
+
+
 def test_msd_four_d_cohort_with_auto_spacing(msd_cohort, tmp_path):
     root = msd_cohort()
     out = tmp_path / "pre"

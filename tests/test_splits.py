@@ -149,3 +149,14 @@ def test_user_lists_are_kept_as_given():
 def test_raw_dataset_json_is_not_a_preprocessed_one():
     with pytest.raises(ValueError, match="no 'cases' with patient ids and label volumes"):
         case_meta_from_dataset({"channel_names": {"0": "T2w"}})
+
+
+def test_splitting_by_scan_is_warned_about(caplog):
+    scans = [CaseMeta(f"s{i}", f"s{i}", "A", i % 2 == 0) for i in range(8)]
+    with caplog.at_level("WARNING", logger="adseg"):
+        make_splits(scans, 4)
+    assert "no patient ids: each case counts as its own patient" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="adseg"):
+        make_splits(cohort(8), 4)
+    assert "no patient ids" not in caplog.text

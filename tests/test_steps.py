@@ -28,10 +28,11 @@ def changed(before, module):
 @pytest.mark.parametrize("loss", ADVERSARIAL_LOSSES)
 def test_d_step_updates_only_d(loss):
     gen, disc = nets()
-    opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
+    # one optimizer over both nets: only the step's own gradient handling keeps G still
+    opt = torch.optim.SGD([*gen.parameters(), *disc.parameters()], lr=0.1)
     g0, d0 = snapshot(gen), snapshot(disc)
     fake = gen(torch.randn(6, 4))
-    stats = discriminator_step(disc, opt_d, torch.randn(6, 3), fake, loss)
+    stats = discriminator_step(disc, opt, torch.randn(6, 3), fake, loss)
     assert changed(d0, disc) and not changed(g0, gen)
     assert all(p.grad is None for p in gen.parameters())  # the fake was detached
     assert set(stats) == {"loss_d", "d_real", "d_fake", "grad_norm_d"} and stats["grad_norm_d"] > 0
@@ -40,13 +41,21 @@ def test_d_step_updates_only_d(loss):
 @pytest.mark.parametrize("loss", ADVERSARIAL_LOSSES)
 def test_g_step_updates_only_g(loss):
     gen, disc = nets()
-    opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
+    opt = torch.optim.SGD([*gen.parameters(), *disc.parameters()], lr=0.1)
     g0, d0 = snapshot(gen), snapshot(disc)
-    stats = generator_step(gen, disc, opt_g, gen(torch.randn(6, 4)), loss)
+    stats = generator_step(gen, disc, opt, gen(torch.randn(6, 4)), loss)
     assert changed(g0, gen) and not changed(d0, disc)
     assert all(p.grad is None for p in disc.parameters())  # D was frozen
     assert all(p.requires_grad for p in disc.parameters())  # and is trainable again
     assert stats["grad_norm_g"] > 0
+
+
+def test_g_step_restores_frozen_parameters_as_they_were():
+    gen, disc = nets()
+    disc[0].weight.requires_grad_(False)  # a layer the caller froze on purpose
+    opt = torch.optim.SGD(gen.parameters(), lr=0.1)
+    generator_step(gen, disc, opt, gen(torch.randn(6, 4)), "hinge")
+    assert not disc[0].weight.requires_grad and disc[0].bias.requires_grad
 
 
 def test_supervised_term_is_added():
