@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -13,6 +12,7 @@ from adseg.cohort import CohortError
 from adseg.config import resolve_config
 from adseg.geometry import orientation_code
 from adseg.prepare import prepare_cohort
+from adseg.qc import read_tsv
 from adseg.validate import validate_cohort
 
 
@@ -20,11 +20,6 @@ def config_for(source: str, **preprocess) -> dict:
     config = resolve_config({"dataset": {"source": "synthetic"}, "preprocess": preprocess})
     config["dataset"]["source"] = source  # the path check needs a real folder; tests pass root
     return config
-
-
-def read_tsv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def test_nnunet_cohort_with_channels_on_two_grids(nnunet_cohort, tmp_path):
