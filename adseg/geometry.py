@@ -62,6 +62,14 @@ class Grid:
         image.SetDirection(self.direction)
         return image
 
+    def image(self, array: np.ndarray) -> sitk.Image:
+        """A SimpleITK image on this grid holding ``array`` ``(z, y, x)`` (numpy order)."""
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
     def index_to_world(self, index: np.ndarray) -> np.ndarray:
         """Continuous voxel indices ``(N, 3)`` (x, y, z) to world points ``(N, 3)`` in mm."""
         d = np.asarray(self.direction).reshape(3, 3)

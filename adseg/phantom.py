@@ -272,9 +272,4 @@ def _labels(tissue: np.ndarray, labels: str) -> np.ndarray:
 
 def _image(values: np.ndarray, grid: Grid, dtype=np.int16) -> sitk.Image:
     """A SimpleITK image on ``grid`` from ``(z, y, x)`` values, rounded, clipped to >= 0."""
-    array = np.clip(np.rint(values), 0, INT16_MAX).astype(dtype)
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
-    return image
+    return grid.image(np.clip(np.rint(values), 0, INT16_MAX).astype(dtype))

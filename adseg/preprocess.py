@@ -217,14 +217,6 @@ def normalize(arr: np.ndarray, scheme: str, percentiles=(0.5, 99.5)) -> tuple[np
     return np.asarray(out, dtype=np.float32), stats
 
 
-def _with_grid(arr: np.ndarray, grid: Grid) -> sitk.Image:
-    image = sitk.GetImageFromArray(arr)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
-    return image
-
-
 def preprocess_images(
     channels: list[sitk.Image], label: sitk.Image | None, plan: Plan
 ) -> tuple[list[sitk.Image], sitk.Image | None, dict]:
@@ -268,11 +260,11 @@ def preprocess_images(
     out, stats = [], []
     for arr, scheme in zip(arrays, plan.normalization, strict=True):
         normed, st = normalize(arr[crop], scheme, plan.percentiles)
-        out.append(_with_grid(normed, final))
+        out.append(final.image(normed))
         stats.append(st)
     out_label = None
     if label_arr is not None:
-        out_label = _with_grid(np.ascontiguousarray(label_arr[crop]), final)
+        out_label = final.image(np.ascontiguousarray(label_arr[crop]))
     record = {
         "reoriented_reference": Grid.of(reference).to_dict(),
         "target_grid": grid.to_dict(),
