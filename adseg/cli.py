@@ -25,6 +25,12 @@ EXAMPLES = {
     "splits": "adseg splits results/default/preprocessed -o results/default/splits.json --folds 4",
     "qc": "adseg qc results/default/preprocessed -o results/default/qc",
     "config": "adseg config --config config/config.yaml",
+    "train": "adseg train --config config/config.yaml --scheme hybrid --fold 0 "
+    "--preprocessed results/default/preprocessed --splits results/default/splits.json "
+    "-o results/default/hybrid/fold_0",
+    "evaluate": "adseg evaluate results/default/hybrid/fold_0 "
+    "--preprocessed results/default/preprocessed -o results/default/hybrid/fold_0/metrics.tsv",
+    "summarize": "adseg summarize results/default/*/fold_*/metrics.tsv -o results/default",
 }
 
 
@@ -114,6 +120,36 @@ def _parser() -> argparse.ArgumentParser:
     p = command("qc", "Draw the QC overview and one figure per preprocessed case.", _qc)
     p.add_argument("preprocessed", type=Path, help="folder written by 'adseg preprocess'")
     p.add_argument("-o", "--out", type=Path, required=True, help="folder for the PNG files")
+
+    p = command("train", "Train one scheme on one cross-validation fold.", _train)
+    p.add_argument("--scheme", required=True, help="ce, dicece, adversarial or hybrid")
+    p.add_argument("--fold", type=int, required=True, help="fold number in splits.json")
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
+    p.add_argument("--splits", type=Path, required=True, help="splits.json")
+    p.add_argument("-o", "--out", type=Path, required=True, help="model folder of this fold")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        default="no",
+        choices=["no", "yes", "auto"],
+        help="continue from OUT/checkpoint_last.pt; 'auto' resumes when a checkpoint of the "
+        "same config exists, else starts afresh (default: no)",
+    )
+
+    p = command(
+        "evaluate", "Evaluate a trained fold on its held-out patients (per-case TSV).", _evaluate
+    )
+    p.add_argument("model", type=Path, help="model fold folder (<scheme>/fold_<k>)")
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="metrics TSV to write")
+    p.add_argument("--checkpoint", choices=["final", "best"], help="default: evaluate.checkpoint")
+
+    p = command(
+        "summarize", "Tabulate evaluated folds: Kohl-style table, tests, box plots.", _summarize
+    )
+    p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs from 'adseg evaluate'")
+    p.add_argument("-o", "--out", type=Path, required=True, help="experiment folder")
 
     p = command("config", "Print a config with every default filled in (validates it).", _config)
     return parser
@@ -220,6 +256,63 @@ def _qc(args) -> None:
     logger.info("wrote %d QC figures to %s", len(written), args.out)
 
 
+def _train(args) -> None:
+    from adseg.train import train_fold
+
+    config = _load(args.config, settings=args.set)
+    spec = train_fold(
+        config,
+        args.scheme,
+        args.fold,
+        args.preprocessed,
+        args.splits,
+        args.out,
+        args.resume,
+        not args.no_progress,
+    )
+    logger.info(
+        "%s fold %d: %d epochs, final validation Dice %s; model in %s",
+        args.scheme,
+        args.fold,
+        spec["epochs_trained"],
+        "n/a" if spec["final_val_dice"] is None else f"{spec['final_val_dice']:.3f}",
+        args.out,
+    )
+
+
+def _evaluate(args) -> None:
+    from adseg.evaluate import METRIC_COLUMNS, evaluate_fold, write_rows
+    from adseg.train import pick_device
+
+    config = _load(args.config, settings=args.set)
+    ev = config["evaluate"]
+    rows = evaluate_fold(
+        args.model,
+        args.preprocessed,
+        args.checkpoint or ev["checkpoint"],
+        ev["tta"],
+        ev["min_overlap"],
+        pick_device(config["train"]["device"]),
+        not args.no_progress,
+    )
+    write_rows(args.out, rows, METRIC_COLUMNS)
+    logger.info("wrote metrics of %d case-label pairs to %s", len(rows), args.out)
+
+
+def _summarize(args) -> None:
+    from adseg.summary import summarize
+
+    config = _load(args.config, settings=args.set)
+    path = summarize(
+        args.metrics,
+        args.out,
+        f"{config['experiment']}: segmentation by training scheme",
+        config["adversarial"]["hybrid_weight"],
+    )
+    print(path.read_text())
+    logger.info("summary: %s", path)
+
+
 def _config(args) -> None:
     print(yaml.safe_dump(_load(args.config, settings=args.set), sort_keys=False), end="")
 
@@ -229,13 +322,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     from adseg.cohort import CohortError
+    from adseg.modeldir import ModelError
+    from adseg.train import TrainingError
 
     try:
         args.func(args)
     except UserError as err:
         print(f"adseg {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, CohortError) as err:
+    except TrainingError as err:
+        print(f"adseg {args.command}: training stopped: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, CohortError, ModelError) as err:
         # raised by the library for bad input (cohort, splits, plan); the message names the file
         print(f"adseg {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -149,8 +149,13 @@ def target_grid(reference: sitk.Image, spacing) -> Grid:
     return Grid(size, spacing, origin, ref.direction)
 
 
-def resample_to(image: sitk.Image, grid: Grid, label: bool = False) -> sitk.Image:
-    """Resample ``image`` onto ``grid`` (linear, or nearest neighbour for labels); outside is 0."""
+def resample_to(
+    image: sitk.Image, grid: Grid, label: bool = False, default: float = 0.0
+) -> sitk.Image:
+    """Resample ``image`` onto ``grid`` (linear, or nearest neighbour for labels).
+
+    Points of ``grid`` outside ``image`` get ``default`` (0 for labels).
+    """
     if label:
         return sitk.Resample(
             image,
@@ -161,7 +166,7 @@ def resample_to(image: sitk.Image, grid: Grid, label: bool = False) -> sitk.Imag
             sitk.sitkUInt8,
         )
     return sitk.Resample(
-        image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
+        image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32
     )
 
 

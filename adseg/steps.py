@@ -11,6 +11,10 @@ one-hot maps, fake = S's softmax maps) and by the GAN synthesis modules.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
+
 import torch
 from torch import nn
 
@@ -32,11 +36,15 @@ def discriminator_step(
     real_target: float = 1.0,
     gp_weight: float = 10.0,
     clip: float = 0.01,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:
     """One update of D on a batch of real and generated samples.
 
     L_D = discriminator_loss(D(real), D(fake.detach())), plus λ·GP for ``wgan-gp``; for
     ``wgan`` the weights are clipped to ``[-clip, clip]`` after the step (Arjovsky 2017).
+
+    ``autocast`` makes the context for the forward pass (mixed precision on CUDA); the
+    backward pass runs outside it, as PyTorch recommends.
 
     Returns:
         ``loss_d``, mean raw scores ``d_real`` and ``d_fake``, and ``grad_norm_d``.
@@ -44,10 +52,11 @@ def discriminator_step(
     fake = fake.detach()
     disc.requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
-    real_scores, fake_scores = disc(real), disc(fake)
-    loss_d = discriminator_loss(loss, real_scores, fake_scores, real_target)
-    if loss == "wgan-gp":
-        loss_d = loss_d + gp_weight * gradient_penalty(disc, real, fake)
+    with autocast():
+        real_scores, fake_scores = disc(real).float(), disc(fake).float()
+        loss_d = discriminator_loss(loss, real_scores, fake_scores, real_target)
+        if loss == "wgan-gp":
+            loss_d = loss_d + gp_weight * gradient_penalty(disc, real, fake)
     loss_d.backward()
     norm = grad_norm(disc)
     optimizer.step()
@@ -71,6 +80,7 @@ def generator_step(
     loss: str,
     adv_weight: float = 1.0,
     supervised: torch.Tensor | None = None,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
 ) -> dict[str, float]:
     """One update of the generator (or segmentor) through a frozen D.
 
@@ -85,7 +95,8 @@ def generator_step(
     disc.requires_grad_(False)
     try:
         optimizer.zero_grad(set_to_none=True)
-        loss_adv = generator_loss(loss, disc(fake))
+        with autocast():
+            loss_adv = generator_loss(loss, disc(fake).float())
         total = adv_weight * loss_adv
         if supervised is not None:
             total = total + supervised

@@ -173,3 +173,57 @@ def write_nibabel() -> Callable[..., Path]:
 def phantom() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """``phantom(size_zyx, seed) -> (image, label)``, both ``(z, y, x)``."""
     return make_phantom
+
+
+# Training settings small enough for a test to train a fold in seconds on one CPU thread.
+TINY_TRAIN = {
+    "train": {
+        "network": {"name": "UNet", "spatial_dims": 2, "features": [8, 16]},
+        "patch_size": [32, 32],
+        "batch_size": 8,
+        "samples_per_case": 2,
+        "epochs": 2,
+        "val_every": 1,
+        "threads": 1,
+    },
+    "adversarial": {"d_features": [8, 16]},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory) -> dict:
+    """A synthetic cohort of 6 patients, preprocessed at 2 x 2 x 3 mm, with 3 folds.
+
+    Returns ``{"root", "raw", "preprocessed", "splits", "config"}`` (paths and the resolved
+    config with :data:`TINY_TRAIN`). Session-scoped: tests must not modify these files.
+    """
+    from adseg.config import load_config
+    from adseg.io import write_json
+    from adseg.prepare import prepare_cohort
+    from adseg.splits import case_meta_from_dataset, make_splits
+    from adseg.synth import generate_cohort
+
+    root = tmp_path_factory.mktemp("tiny_experiment")
+    config = load_config(
+        None,
+        {
+            **TINY_TRAIN,
+            "dataset": {"synthetic": {"n_patients": 6, "seed": 3}},
+            "preprocess": {"target_spacing": [2.0, 2.0, 3.0]},
+            "folds": {"n": 3},
+        },
+    )
+    raw = root / "raw"
+    generate_cohort(raw, 6, 3, progress=False)
+    preprocessed = root / "preprocessed"
+    prepare_cohort(raw, config, preprocessed, workers=1, show_progress=False)
+    dataset = json.loads((preprocessed / "dataset.json").read_text())
+    splits = make_splits(case_meta_from_dataset(dataset), 3, 0)
+    write_json(root / "splits.json", splits)
+    return {
+        "root": root,
+        "raw": raw,
+        "preprocessed": preprocessed,
+        "splits": root / "splits.json",
+        "config": config,
+    }

@@ -5,6 +5,8 @@ import shlex
 from pathlib import Path
 
 from adseg.config import experiment_dir, resolve_config
+from adseg.io import read_json
+from adseg.trainconfig import ADVERSARIAL_SCHEMES, SCHEMES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.
@@ -46,7 +48,31 @@ def settings(*sections):
     Passing them as params (not a config file) makes Snakemake rerun a rule exactly when a
     section it uses changes.
     """
-    chosen = {s: dict(config[s]) for s in sections}
+    chosen = {
+        s: dict(config[s]) if isinstance(config[s], dict) else config[s] for s in sections
+    }
     # how many processes run a stage does not change its results
     chosen.get("preprocess", {}).pop("workers", None)
+    for key in ("threads", "workers"):
+        chosen.get("train", {}).pop(key, None)
     return shlex.quote(json.dumps(chosen, sort_keys=True))
+
+
+def train_settings(wildcards):
+    """A training job's settings: the discriminator's only for the schemes that have one."""
+    sections = ["train"]
+    if wildcards.scheme in ADVERSARIAL_SCHEMES:
+        sections.append("adversarial")
+    return settings(*sections)
+
+
+def fold_numbers():
+    """Fold numbers: from a user-given splits file, else folds.n."""
+    given = config["folds"]["file"]
+    if not given:
+        return list(range(config["folds"]["n"]))
+    splits = read_json(given)
+    return list(range(len(splits["folds"] if isinstance(splits, dict) else splits)))
+
+
+FOLDS = fold_numbers()

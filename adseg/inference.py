@@ -1,0 +1,106 @@
+"""Whole-volume inference and the trip back to a scan's own grid.
+
+Shared by validation during training, ``adseg evaluate`` and ``adseg predict``:
+
+- :func:`make_inferer`: MONAI's ``SliceInferer`` (2-D networks, slices across the slice axis,
+  stacked back) or ``SlidingWindowInferer`` (3-D), both with Gaussian blending of windows.
+- :func:`predict_probabilities`: softmax maps of one preprocessed case, averaged over models
+  (fold ensemble) and optionally over mirrored inputs (test-time augmentation).
+- :func:`to_grid`: probabilities on the preprocessed grid resampled (linear, per class) onto
+  any grid in world space, then the argmax, as nnU-Net does, so a label is never
+  interpolated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from torch import nn
+
+from adseg.geometry import Grid
+from adseg.preprocess import resample_to
+
+
+def make_inferer(
+    spatial_dims: int, patch_size: Sequence[int], axis: int, batch_size: int = 8
+) -> Inferer:
+    """The inferer for a network of ``spatial_dims`` trained on ``patch_size`` windows.
+
+    Args:
+        axis: slice axis (x=0, y=1, z=2) of the volumes, for 2-D networks.
+    """
+    common = {"sw_batch_size": batch_size, "overlap": 0.5, "mode": "gaussian"}
+    if spatial_dims == 2:
+        return SliceInferer(roi_size=list(patch_size), spatial_dim=axis, progress=False, **common)
+    return SlidingWindowInferer(roi_size=list(patch_size), **common)
+
+
+def _flip_sets(spatial_dims: int, axis: int, tta: bool) -> list[tuple[int, ...]]:
+    """Axes (of a ``(B, C, X, Y, Z)`` tensor) to mirror for test-time augmentation."""
+    if not tta:
+        return [()]
+    in_plane = [a for a in range(3) if spatial_dims == 3 or a != axis]
+    dims = [a + 2 for a in in_plane]
+    flips: list[tuple[int, ...]] = [()]
+    for d in dims:
+        flips += [f + (d,) for f in flips]
+    return flips
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    models: Sequence[nn.Module],
+    image: torch.Tensor,
+    inferer: Inferer,
+    spatial_dims: int,
+    axis: int,
+    tta: bool = False,
+    amp: bool = False,
+) -> torch.Tensor:
+    """Softmax maps ``(K, X, Y, Z)`` of one case ``image`` ``(C, X, Y, Z)``.
+
+    The mean over ``models`` and, with ``tta``, over all mirrorings of the in-plane axes
+    (and the slice axis too for 3-D networks).
+    """
+    device = next(models[0].parameters()).device
+    batch = image.unsqueeze(0).to(device)
+    total, count = None, 0
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for model in models:
+            model.eval()
+            for dims in _flip_sets(spatial_dims, axis, tta):
+                x = batch.flip(dims) if dims else batch
+                probs = torch.softmax(inferer(x, model).float(), dim=1)
+                probs = probs.flip(dims) if dims else probs
+                total = probs if total is None else total + probs
+                count += 1
+    return (total / count)[0].cpu()
+
+
+def probabilities_image(probs: torch.Tensor, grid: Grid) -> list[sitk.Image]:
+    """One SimpleITK image per class from ``(K, X, Y, Z)`` maps on ``grid``."""
+    arrays = probs.numpy().astype(np.float32)
+    # numpy/SimpleITK order is (z, y, x)
+    return [grid.image(np.ascontiguousarray(a.transpose(2, 1, 0))) for a in arrays]
+
+
+def to_grid(probs: torch.Tensor, source: Grid, target: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Resample class probabilities from ``source`` onto ``target`` and take the argmax.
+
+    Voxels of ``target`` outside ``source`` (cropped-away background) get probability 1 for
+    class 0.
+
+    Returns:
+        Labels ``(z, y, x)`` uint8 and probabilities ``(K, z, y, x)`` float32 on ``target``.
+    """
+    channels = probabilities_image(probs, source)
+    resampled = []
+    for k, image in enumerate(channels):
+        out = resample_to(image, target, default=1.0 if k == 0 else 0.0)
+        resampled.append(sitk.GetArrayFromImage(out))
+    stacked = np.stack(resampled).astype(np.float32)
+    return stacked.argmax(axis=0).astype(np.uint8), stacked

@@ -1,0 +1,189 @@
+"""Check a training job against its data before any work, and describe the model it makes.
+
+Every problem found is reported at once, as one ``ValueError`` whose lines name the setting
+and the fix: unknown names, a fold outside the splits, patches that do not fit the network or
+the cases, a discriminator that its loss forbids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from adseg.data import slice_axis
+from adseg.io import read_json
+from adseg.losses import check_loss
+from adseg.networks import DISCRIMINATOR_INPUTS, SEGMENTORS
+from adseg.preprocess import Plan
+from adseg.splits import case_meta_from_dataset, validate_splits
+
+SCHEMES = ("ce", "dicece", "adversarial", "hybrid")
+ADVERSARIAL_SCHEMES = ("adversarial", "hybrid")
+AXES = "xyz"
+
+
+@dataclass
+class TrainJob:
+    """One (scheme, fold) training job, checked."""
+
+    config: dict
+    scheme: str
+    fold: int
+    preprocessed: Path
+    out: Path
+    plan: Plan
+    spec: dict
+
+
+def downsampling(name: str, features: list[int]) -> int:
+    """Factor by which the segmentor halves its input (patch sizes must be multiples)."""
+    levels = 5 if name == "BasicUNet" else len(features) - 1
+    return 2**levels
+
+
+def _network_problems(config: dict) -> list[str]:
+    t, a = config["train"], config["adversarial"]
+    net = t["network"]
+    problems = []
+    if net["name"] not in SEGMENTORS:
+        problems.append(
+            f"train.network.name {net['name']!r} unknown; choose from {', '.join(SEGMENTORS)}"
+        )
+        return problems
+    if net["name"] == "BasicUNet" and len(net["features"]) != 6:
+        problems.append(f"train.network.features: BasicUNet needs 6 sizes, got {net['features']}")
+    patch = t["patch_size"]
+    if len(patch) != net["spatial_dims"]:
+        problems.append(
+            f"train.patch_size {patch} has {len(patch)} sizes but network.spatial_dims is "
+            f"{net['spatial_dims']}"
+        )
+    factor = downsampling(net["name"], net["features"])
+    if any(p % factor for p in patch):
+        problems.append(
+            f"train.patch_size {patch}: {net['name']} with {len(net['features'])} levels "
+            f"downsamples by {factor}; use multiples of {factor}"
+        )
+    try:
+        check_loss(a["loss"])
+    except ValueError as err:
+        problems.append(f"adversarial.loss: {err}")
+    if a["d_input"] not in DISCRIMINATOR_INPUTS:
+        problems.append(
+            f"adversarial.d_input {a['d_input']!r} unknown; choose from "
+            f"{', '.join(DISCRIMINATOR_INPUTS)}"
+        )
+    if a["loss"] == "wgan-gp" and a["d_norm"] == "batch":
+        problems.append(
+            "adversarial.d_norm batch with loss wgan-gp: the gradient penalty is per sample "
+            "and batch norm couples samples; use none or instance (or auto)"
+        )
+    depth = 2 ** len(a["d_features"])
+    if min(patch) < depth:
+        problems.append(
+            f"adversarial.d_features: {len(a['d_features'])} strided layers need patches of at "
+            f"least {depth} voxels, train.patch_size is {patch}"
+        )
+    return problems
+
+
+def _data_problems(config: dict, plan: Plan, sizes: dict[str, list[int]]) -> list[str]:
+    """Settings that do not fit this cohort: class weights, patch vs. case sizes."""
+    t, a = config["train"], config["adversarial"]
+    problems = []
+    classes = len(plan.labels)
+    if t["class_weights"] is not None and len(t["class_weights"]) != classes:
+        problems.append(
+            f"train.class_weights has {len(t['class_weights'])} values; the data has {classes} "
+            f"classes ({', '.join(plan.labels)})"
+        )
+    if a["d_input"] != "labels" and not plan.channel_names:
+        problems.append(f"adversarial.d_input {a['d_input']!r} needs image channels")
+    axis = slice_axis(plan.target_spacing)
+    patch = list(t["patch_size"])
+    axes = [i for i in range(3) if i != axis] if len(patch) == 2 else [0, 1, 2]
+    for size, ax in zip(patch, axes, strict=False):
+        largest = max(s[ax] for s in sizes.values())
+        if size > 2 * largest:
+            problems.append(
+                f"train.patch_size {patch}: {size} voxels along {AXES[ax]} but the largest case "
+                f"has {largest}; use a smaller patch"
+                + (" or network.spatial_dims 2" if len(patch) == 3 else "")
+            )
+    return problems
+
+
+def _case_sizes(preprocessed: Path, case_ids: list[str]) -> dict[str, list[int]]:
+    sizes = {}
+    for case_id in case_ids:
+        path = preprocessed / "properties" / f"{case_id}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from the preprocessed folder")
+        sizes[case_id] = read_json(path)["final_grid"]["size"]
+    return sizes
+
+
+def check_job(
+    config: dict, scheme: str, fold: int, preprocessed: Path, splits: dict, out: Path
+) -> TrainJob:
+    """Validate a (scheme, fold) job and build the spec of the model it will write.
+
+    Raises:
+        ValueError: every problem found, one per line.
+        FileNotFoundError: the preprocessed folder lacks a file.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme {scheme!r} unknown; choose from {', '.join(SCHEMES)}")
+    for name in ("dataset.json", "plans.json"):
+        if not (preprocessed / name).is_file():
+            raise FileNotFoundError(f"{preprocessed / name}: missing; run 'adseg preprocess' first")
+    dataset = read_json(preprocessed / "dataset.json")
+    plan = Plan.from_dict(read_json(preprocessed / "plans.json"))
+    splits = validate_splits(splits, case_meta_from_dataset(dataset), "splits")
+    n_folds = len(splits["folds"])
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold {fold} is outside the splits: they have folds 0-{n_folds - 1}")
+    entry = splits["folds"][fold]
+    problems = _network_problems(config)
+    if not problems:
+        sizes = _case_sizes(preprocessed, entry["train"] + entry["val"])
+        problems += _data_problems(config, plan, sizes)
+    if problems:
+        raise ValueError("cannot train:\n  " + "\n  ".join(problems))
+    return TrainJob(
+        config, scheme, fold, preprocessed, out, plan, _spec(config, scheme, entry, plan)
+    )
+
+
+def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
+    t, a = config["train"], config["adversarial"]
+    net = t["network"]
+    spec = {
+        "scheme": scheme,
+        "fold": entry["fold"],
+        "network": {
+            "name": net["name"],
+            "spatial_dims": net["spatial_dims"],
+            "features": list(net["features"]),
+            "in_channels": len(plan.channel_names),
+            "out_channels": len(plan.labels),
+        },
+        "patch_size": list(t["patch_size"]),
+        "slice_axis": slice_axis(plan.target_spacing),
+        "channel_names": list(plan.channel_names),
+        "labels": dict(plan.labels),
+        "train_cases": list(entry["train"]),
+        "val_cases": list(entry["val"]),
+        "discriminator": None,
+    }
+    if scheme in ADVERSARIAL_SCHEMES:
+        norm = a["d_norm"]
+        if norm == "auto":
+            norm = "none" if a["loss"] == "wgan-gp" else "instance"
+        spec["discriminator"] = {
+            "input": a["d_input"],
+            "features": list(a["d_features"]),
+            "norm": norm,
+            "loss": a["loss"],
+        }
+    return spec

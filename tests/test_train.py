@@ -1,0 +1,291 @@
+"""Training: the schemes' steps, checks before training, resume, divergence and collapse."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from adseg.config import deep_merge
+from adseg.io import read_json
+from adseg.train import Trainer, TrainingError, fingerprint, train_fold
+from adseg.trainconfig import check_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tiny_experiment, **sections) -> dict:
+    return deep_merge(copy.deepcopy(tiny_experiment["config"]), sections)
+
+
+def _job(tiny_experiment, scheme="ce", fold=0, out=None, **sections):
+    return check_job(
+        _config(tiny_experiment, **sections),
+        scheme,
+        fold,
+        tiny_experiment["preprocessed"],
+        read_json(tiny_experiment["splits"]),
+        out or tiny_experiment["root"] / "unused",
+    )
+
+
+def _batch(job, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(4, job.spec["network"]["in_channels"], 32, 32, generator=g)
+    label = (torch.rand(4, 1, 32, 32, generator=g) > 0.8).float()
+    return image, label
+
+
+def _params(module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before, module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_ce_step_trains_the_segmentor_and_there_is_no_discriminator(tiny_experiment):
+    trainer = Trainer(_job(tiny_experiment, "ce"), torch.device("cpu"))
+    assert trainer.disc is None
+    before = _params(trainer.segmentor)
+    stats = trainer.supervised_step(*_batch(trainer.job))
+    assert _changed(before, trainer.segmentor)
+    assert stats["loss_s"] == stats["loss_ce"] > 0
+
+
+@pytest.mark.parametrize("scheme", ["adversarial", "hybrid"])
+def test_adversarial_steps_update_both_networks(tiny_experiment, scheme):
+    torch.manual_seed(0)
+    trainer = Trainer(_job(tiny_experiment, scheme), torch.device("cpu"))
+    s_before, d_before = _params(trainer.segmentor), _params(trainer.disc)
+    stats = trainer.adversarial_step(*_batch(trainer.job))
+    assert _changed(s_before, trainer.segmentor)
+    assert _changed(d_before, trainer.disc)
+    # D's parameters are trainable again after the segmentor step froze them
+    assert all(p.requires_grad for p in trainer.disc.parameters())
+    expected = stats["loss_adv"] + (0.5 * stats["loss_ce"] if scheme == "hybrid" else 0.0)
+    assert stats["loss_s"] == pytest.approx(expected, rel=1e-5)
+    assert {"loss_d", "d_real", "d_fake", "grad_norm_d"} <= set(stats)
+
+
+def test_segmentor_step_does_not_move_the_discriminator(tiny_experiment):
+    """With D's own step skipped (lr 0 for D), the S step must leave D exactly as it was."""
+    torch.manual_seed(0)
+    trainer = Trainer(_job(tiny_experiment, "adversarial"), torch.device("cpu"))
+    for group in trainer.opt_d.param_groups:
+        group["lr"] = 0.0
+    d_before = _params(trainer.disc)
+    trainer.adversarial_step(*_batch(trainer.job))
+    assert not _changed(d_before, trainer.disc)
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"train": {"patch_size": [33, 33]}}, "use multiples of 2"),
+        ({"train": {"patch_size": [32, 32, 16]}}, "network.spatial_dims is 2"),
+        ({"train": {"patch_size": [512, 512]}}, "use a smaller patch"),
+        ({"train": {"class_weights": [1.0, 2.0, 3.0]}}, "the data has 2 classes"),
+        (
+            {"adversarial": {"loss": "wgan-gp", "d_norm": "batch"}},
+            "batch norm couples samples",
+        ),
+        ({"adversarial": {"d_features": [8, 8, 8, 8, 8, 8]}}, "need patches of at least 64"),
+        ({"train": {"network": {"name": "BasicUNet", "features": [8, 16]}}}, "6 sizes"),
+    ],
+)
+def test_bad_settings_fail_before_training(tiny_experiment, sections, message):
+    with pytest.raises(ValueError, match="cannot train") as err:
+        _job(tiny_experiment, **sections)
+    assert message in str(err.value)
+
+
+def test_unknown_scheme_and_fold_outside_the_splits(tiny_experiment):
+    with pytest.raises(ValueError, match="scheme 'gan' unknown; choose from ce, dicece"):
+        _job(tiny_experiment, "gan")
+    with pytest.raises(ValueError, match="fold 3 is outside the splits: they have folds 0-2"):
+        _job(tiny_experiment, "ce", fold=3)
+
+
+def _train(tiny_experiment, out, scheme="ce", resume="no", **sections):
+    return train_fold(
+        _config(tiny_experiment, **sections),
+        scheme,
+        0,
+        tiny_experiment["preprocessed"],
+        tiny_experiment["splits"],
+        out,
+        resume,
+        show_progress=False,
+    )
+
+
+def test_model_folder_is_self_describing(tiny_experiment, tmp_path):
+    spec = _train(tiny_experiment, tmp_path / "hybrid" / "fold_0", "hybrid")
+    folder = tmp_path / "hybrid" / "fold_0"
+    for name in (
+        "model.json",
+        "plans.json",
+        "config.yaml",
+        "checkpoint_final.pt",
+        "checkpoint_best.pt",
+        "checkpoint_last.pt",
+        "training_log.tsv",
+        "learning_curves.png",
+    ):
+        assert (folder / name).is_file(), name
+    written = read_json(folder / "model.json")
+    assert written == json.loads(json.dumps(spec))
+    assert written["channel_names"] == ["T2w", "ADC", "DWI"]
+    assert written["labels"] == {"background": 0, "lesion": 1}
+    assert written["fold"] == 0 and written["scheme"] == "hybrid"
+    assert written["discriminator"]["input"] == "image+labels"
+    log = (folder / "training_log.tsv").read_text().splitlines()
+    header = log[0].split("\t")
+    assert header[:6] == ["epoch", "phase", "loss_s", "loss_ce", "loss_adv", "loss_d"]
+    assert len(log) == 1 + 2
+    row = dict(zip(header, log[-1].split("\t"), strict=True))
+    assert row["phase"] == "adversarial" and float(row["d_real"]) == float(row["d_real"])
+    assert 0.0 <= float(row["val_dice"]) <= 1.0
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_experiment, tmp_path, monkeypatch):
+    import adseg.train
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _train(tiny_experiment, straight, "adversarial", train={"epochs": 3})
+    # interrupt the second run between epochs 2 and 3, before epoch 3's checkpoint
+    write_log, calls = adseg.train.write_log, []
+
+    def interrupted(path, history):
+        calls.append(len(history))
+        if len(history) == 3:
+            raise KeyboardInterrupt
+        write_log(path, history)
+
+    monkeypatch.setattr(adseg.train, "write_log", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_experiment, split, "adversarial", train={"epochs": 3})
+    monkeypatch.setattr(adseg.train, "write_log", write_log)
+    _train(tiny_experiment, split, "adversarial", "yes", train={"epochs": 3})
+    a = torch.load(straight / "checkpoint_final.pt", weights_only=True)
+    b = torch.load(split / "checkpoint_final.pt", weights_only=True)
+    for net in ("segmentor", "discriminator"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+    assert read_json(split / "model.json")["epochs_trained"] == 3
+
+
+def test_resume_refuses_a_checkpoint_from_another_config(tiny_experiment, tmp_path):
+    out = tmp_path / "fold"
+    _train(tiny_experiment, out, train={"epochs": 1})
+    with pytest.raises(ValueError, match="checkpoint from another config"):
+        _train(tiny_experiment, out, resume="yes", train={"lr": 0.01})
+    # the workflow's mode starts afresh instead
+    spec = _train(tiny_experiment, out, resume="auto", train={"lr": 0.01, "epochs": 1})
+    assert spec["epochs_trained"] == 1
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        _train(tiny_experiment, tmp_path / "empty", resume="yes")
+
+
+def test_fingerprint_ignores_run_length_but_not_the_model(tiny_experiment):
+    base = fingerprint(_job(tiny_experiment))
+    assert fingerprint(_job(tiny_experiment, train={"epochs": 9, "threads": 2})) == base
+    assert fingerprint(_job(tiny_experiment, train={"lr": 0.1})) != base
+    assert fingerprint(_job(tiny_experiment, fold=1)) != base
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_experiment, tmp_path):
+    # a copy of the preprocessed folder whose T2w images turn to NaN after the first epoch
+    pre = tmp_path / "preprocessed"
+    shutil.copytree(tiny_experiment["preprocessed"], pre)
+    experiment = {**tiny_experiment, "preprocessed": pre}
+    out = tmp_path / "fold"
+    _train(experiment, out, train={"epochs": 1})
+    good = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    for path in (pre / "imagesTr").glob("*_0000.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        image[:, :, :] = float("nan")
+        sitk.WriteImage(image, str(path))
+    with pytest.raises(TrainingError, match="non-finite loss_s.*at epoch 2, iteration 1"):
+        _train(experiment, out, resume="yes", train={"epochs": 3})
+    kept = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    assert len(kept["history"]) == 1
+    for key, value in good["trainer"]["segmentor"].items():
+        assert torch.equal(value, kept["trainer"]["segmentor"][key])
+    assert not (out / "model.json").exists()
+
+
+def test_collapsed_discriminator_stops_training(tiny_experiment, tmp_path):
+    # any real loss is below a threshold of 100: collapse after the first adversarial epoch
+    with pytest.raises(TrainingError, match="discriminator collapsed: L_D < 100 for 1 epochs"):
+        _train(
+            tiny_experiment,
+            tmp_path / "fold",
+            "adversarial",
+            adversarial={"collapse_loss": 100.0, "collapse_epochs": 1},
+        )
+    assert not (tmp_path / "fold" / "checkpoint_last.pt").exists()
+
+
+def _cli(tiny_experiment, out, *extra) -> list[str]:
+    from conftest import TINY_TRAIN
+
+    cfg = json.dumps(deep_merge(copy.deepcopy(TINY_TRAIN), {"train": {"epochs": 6}}))
+    return [
+        sys.executable,
+        "-m",
+        "adseg",
+        "train",
+        "--scheme",
+        "ce",
+        "--fold",
+        "1",
+        "--preprocessed",
+        str(tiny_experiment["preprocessed"]),
+        "--splits",
+        str(tiny_experiment["splits"]),
+        "-o",
+        str(out),
+        "--set",
+        cfg,
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny_experiment, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(_cli(tiny_experiment, straight), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(_cli(tiny_experiment, killed), env=env, stderr=subprocess.PIPE)
+    log = killed / "training_log.tsv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:  # 2 epochs done
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.json").exists()
+    epochs_before = len(torch.load(killed / "checkpoint_last.pt", weights_only=False)["history"])
+    assert 2 <= epochs_before < 6
+    resumed = subprocess.run(
+        _cli(tiny_experiment, killed, "--resume"), env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming ce fold 1 after epoch {epochs_before}" in resumed.stderr
+    a = torch.load(straight / "checkpoint_final.pt", weights_only=True)["segmentor"]
+    b = torch.load(killed / "checkpoint_final.pt", weights_only=True)["segmentor"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
