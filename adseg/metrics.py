@@ -16,6 +16,7 @@ Conventions (many patients have no lesion, so these decide the table):
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -49,7 +50,10 @@ def hd95(truth: np.ndarray, pred: np.ndarray, spacing) -> float:
         torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
         for m in (pred, truth)
     )
-    value = compute_hausdorff_distance(p, t, percentile=95, spacing=list(spacing))
+    with warnings.catch_warnings():
+        # MONAI 1.5+ warns about an argument it passes to itself internally
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+        value = compute_hausdorff_distance(p, t, percentile=95, spacing=list(spacing))
     return float(value.item())
 
 
