@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_: str, func: Callable) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_: str, func: Callable, config: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=help_,
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=func)
-        if name != "synth-cohort":
+        if config and name != "synth-cohort":
             p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
             p.add_argument(
                 "--set",

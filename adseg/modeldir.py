@@ -81,7 +81,9 @@ def build_discriminator(spec: dict) -> nn.Module:
     cin = discriminator_channels(
         d["input"], spec["network"]["in_channels"], spec["network"]["out_channels"]
     )
-    return LabelMapDiscriminator(spec["network"]["spatial_dims"], cin, d["features"], d["norm"])
+    return LabelMapDiscriminator(
+        spec["network"]["spatial_dims"], cin, d["features"], d["norm"], d["output"]
+    )
 
 
 def _load_weights(folder: Path, checkpoint: str) -> dict:

@@ -127,11 +127,18 @@ def discriminator_channels(mode: str, image_channels: int, classes: int) -> int:
     return sizes[mode]
 
 
-class LabelMapDiscriminator(nn.Module):
-    """A fully convolutional discriminator: strided convolutions, LeakyReLU(0.2), one score.
+OUTPUTS = ("patch", "global")
 
-    ``(B, in_channels, *spatial)`` → ``(B,)`` raw scores (logits, or critic values for WGAN
-    losses). With ``norm="none"`` there is no normalisation layer at all, as a WGAN-GP critic
+
+class LabelMapDiscriminator(nn.Module):
+    """A fully convolutional discriminator: strided convolutions, LeakyReLU(0.2), raw scores.
+
+    ``output="global"`` gives one score per sample, ``(B,)``: features averaged over space,
+    then a linear layer. ``output="patch"`` gives one score per location of the last feature
+    map, ``(B, N)`` (PatchGAN, Isola et al. 2017): each region of the label map is judged on
+    its own, so the segmentor gets a gradient from every region, not only through one global
+    verdict. Scores are logits, or critic values for WGAN losses; losses average over all
+    of them. With ``norm="none"`` there is no normalisation layer at all, as a WGAN-GP critic
     needs (the gradient penalty is per sample; batch norm couples the samples).
     """
 
@@ -141,10 +148,15 @@ class LabelMapDiscriminator(nn.Module):
         in_channels: int,
         features: Sequence[int] = (32, 64, 128),
         norm: str = "instance",
+        output: str = "global",
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"discriminator norm {norm!r} unknown; choose from {', '.join(NORMS)}")
+        if output not in OUTPUTS:
+            raise ValueError(
+                f"discriminator output {output!r} unknown; choose from {', '.join(OUTPUTS)}"
+            )
         layers: list[nn.Module] = []
         cin = in_channels
         for i, cout in enumerate(features):
@@ -162,8 +174,12 @@ class LabelMapDiscriminator(nn.Module):
             )
             cin = cout
         self.features = nn.Sequential(*layers)
-        self.score = nn.Linear(cin, 1)
+        self.output = output
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+        self.score = nn.Linear(cin, 1) if output == "global" else conv(cin, 1, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
+        if self.output == "patch":
+            return self.score(h).flatten(1)
         return self.score(h.flatten(2).mean(dim=2)).squeeze(1)

@@ -1,4 +1,4 @@
-"""Figures of training and evaluation: learning curves and per-metric box plots."""
+"""Figures: the atomic PNG writer all figures use, learning curves and per-metric box plots."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def box_plot(values: dict[str, list[float]], metric: str, path: Path, title: str
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(values), 3.8))
     names = list(values)
     data = [[v for v in values[n] if not math.isnan(v)] for n in names]
-    ax.boxplot(data, showmeans=True)
+    ax.boxplot(data, showmeans=True, showfliers=False)  # every point is drawn below
     ticks = [f"{n}\n(n={len(d)})" for n, d in zip(names, data, strict=True)]
     ax.set_xticks(range(1, len(names) + 1), ticks)
     for i, d in enumerate(data, start=1):

@@ -11,27 +11,19 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import SimpleITK as sitk
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-
-from adseg.io import atomic_dir, atomic_path, read_json  # noqa: E402
-from adseg.log import progress  # noqa: E402
+from adseg.io import atomic_dir, read_json
+from adseg.log import progress
+from adseg.plots import save
 
 
 def read_tsv(path: str | Path) -> list[dict]:
     """Rows of a TSV file as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def _by_domain(rows: list[dict], column: str) -> dict[str, np.ndarray]:
@@ -90,7 +82,7 @@ def overview_figure(
         ax.axis("off")
     fig.suptitle(f"adseg QC: {len(rows)} cases")
     fig.tight_layout()
-    _save(fig, out)
+    save(fig, out)
 
 
 def case_figure(preprocessed: Path, case_id: str, channel_names: list[str], out: Path) -> None:
@@ -116,7 +108,7 @@ def case_figure(preprocessed: Path, case_id: str, channel_names: list[str], out:
         ax.set_title(name)
         ax.axis("off")
     fig.suptitle(f"{case_id}  slice {z}", fontsize=10)
-    _save(fig, out)
+    save(fig, out)
 
 
 def qc_report(

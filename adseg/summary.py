@@ -37,6 +37,15 @@ SCHEME_NAMES = {
 KOHL_METRICS = ("dice", "sensitivity", "specificity")
 SUMMARY_METRICS = ("dice", "sensitivity", "specificity", "precision", "hd95_mm", "volume_pred_ml")
 COUNTS = ("lesion_tp", "lesion_fn", "lesion_fp")
+# per-patient values summarised: the metrics plus Dice on patients with a lesion and lesion-wise
+# detection rate and false positives
+DERIVED = (
+    "dice",
+    "dice_with_lesion",
+    *SUMMARY_METRICS[1:],
+    "lesion_detection",
+    "lesion_fp",
+)
 STAT_COLUMNS = ("label", "scheme", "metric", "fold", "n", "mean", "std", "median")
 TEST_COLUMNS = ("label", "metric", "scheme_a", "scheme_b", "n", "median_diff", "p")
 
@@ -59,6 +68,10 @@ def per_patient(rows: list[dict]) -> dict[tuple, dict]:
             agg[m] = float(np.mean(defined)) if defined else math.nan
         for m in COUNTS:
             agg[m] = sum(int(_num(v[m])) for v in visits)
+        # Dice over patients with an expert lesion only: lesion-free patients score 1 or 0 by
+        # convention, which can dominate the mean
+        has_lesion = any(_num(v["volume_true_ml"]) > 0 for v in visits)
+        agg["dice_with_lesion"] = agg["dice"] if has_lesion else math.nan
         tp, fn = agg["lesion_tp"], agg["lesion_fn"]
         agg["lesion_detection"] = tp / (tp + fn) if tp + fn else math.nan
         out[key] = agg
@@ -99,7 +112,7 @@ def summarize(
     labels = sorted({k[0] for k in patients})
     schemes = [s for s in SCHEME_NAMES if any(k[1] == s for k in patients)]
     folds = sorted({p["fold"] for p in patients.values()})
-    metrics = (*SUMMARY_METRICS, "lesion_detection", "lesion_fp")
+    metrics = DERIVED
     stats, tests = [], []
     for label in labels:
         values = {
@@ -176,7 +189,7 @@ def _markdown(stats, tests, labels, schemes, folds, title, hybrid_weight) -> str
             "|---|---|---|---|" + "---|" * len(folds),
         ]
         for s in schemes:
-            for m in (*SUMMARY_METRICS, "lesion_detection", "lesion_fp"):
+            for m in DERIVED:
                 a = get[(label, s, m, "all")]
                 per = [get[(label, s, m, str(f))] for f in folds]
                 fold_cells = [f"{p['mean']:.3f}; {p['n']}" if p["n"] else "–" for p in per]
@@ -194,7 +207,7 @@ def _markdown(stats, tests, labels, schemes, folds, title, hybrid_weight) -> str
             "|---|---|---|---|---|---|",
         ]
         for t in tests:
-            if t["label"] != label or t["metric"] not in (*KOHL_METRICS, "hd95_mm"):
+            if t["label"] != label or t["metric"] not in (*KOHL_METRICS, "dice_with_lesion"):
                 continue
             p = "–" if math.isnan(t["p"]) else f"{t['p']:.3g}"
             diff = "–" if math.isnan(t["median_diff"]) else f"{t['median_diff']:+.3f}"

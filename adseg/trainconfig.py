@@ -41,7 +41,7 @@ def downsampling(name: str, features: list[int]) -> int:
     return 2**levels
 
 
-def _network_problems(config: dict) -> list[str]:
+def _network_problems(config: dict, scheme: str) -> list[str]:
     t, a = config["train"], config["adversarial"]
     net = t["network"]
     problems = []
@@ -52,6 +52,10 @@ def _network_problems(config: dict) -> list[str]:
         return problems
     if net["name"] == "BasicUNet" and len(net["features"]) != 6:
         problems.append(f"train.network.features: BasicUNet needs 6 sizes, got {net['features']}")
+    if net["name"] == "DynUNet" and len(net["features"]) < 3:
+        problems.append(
+            f"train.network.features: DynUNet needs at least 3 levels, got {net['features']}"
+        )
     patch = t["patch_size"]
     if len(patch) != net["spatial_dims"]:
         problems.append(
@@ -64,6 +68,14 @@ def _network_problems(config: dict) -> list[str]:
             f"train.patch_size {patch}: {net['name']} with {len(net['features'])} levels "
             f"downsamples by {factor}; use multiples of {factor}"
         )
+    if scheme in ADVERSARIAL_SCHEMES:
+        problems += _discriminator_problems(a, patch)
+    return problems
+
+
+def _discriminator_problems(a: dict, patch: list[int]) -> list[str]:
+    """Settings of D (only checked for the schemes that train one)."""
+    problems = []
     try:
         check_loss(a["loss"])
     except ValueError as err:
@@ -89,16 +101,19 @@ def _network_problems(config: dict) -> list[str]:
 
 def _data_problems(config: dict, plan: Plan, sizes: dict[str, list[int]]) -> list[str]:
     """Settings that do not fit this cohort: class weights, patch vs. case sizes."""
-    t, a = config["train"], config["adversarial"]
+    t = config["train"]
     problems = []
     classes = len(plan.labels)
+    if sorted(plan.labels.values()) != list(range(classes)):
+        problems.append(
+            f"labels {plan.labels}: values must be 0..{classes - 1} without gaps (as in nnU-Net), "
+            "one output channel per label"
+        )
     if t["class_weights"] is not None and len(t["class_weights"]) != classes:
         problems.append(
             f"train.class_weights has {len(t['class_weights'])} values; the data has {classes} "
             f"classes ({', '.join(plan.labels)})"
         )
-    if a["d_input"] != "labels" and not plan.channel_names:
-        problems.append(f"adversarial.d_input {a['d_input']!r} needs image channels")
     axis = slice_axis(plan.target_spacing)
     patch = list(t["patch_size"])
     axes = [i for i in range(3) if i != axis] if len(patch) == 2 else [0, 1, 2]
@@ -144,7 +159,7 @@ def check_job(
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold {fold} is outside the splits: they have folds 0-{n_folds - 1}")
     entry = splits["folds"][fold]
-    problems = _network_problems(config)
+    problems = _network_problems(config, scheme)
     if not problems:
         sizes = _case_sizes(preprocessed, entry["train"] + entry["val"])
         problems += _data_problems(config, plan, sizes)
@@ -184,6 +199,7 @@ def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
             "input": a["d_input"],
             "features": list(a["d_features"]),
             "norm": norm,
+            "output": a["d_output"],
             "loss": a["loss"],
         }
     return spec

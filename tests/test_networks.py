@@ -61,6 +61,23 @@ def test_discriminator_scores_each_sample(dims):
     assert d(torch.randn((3, 5) + (16,) * dims)).shape == (3,)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_patch_discriminator_scores_each_region(dims):
+    d = LabelMapDiscriminator(dims, in_channels=5, features=(8, 16), output="patch")
+    # two stride-2 layers: 16 voxels per side become 4
+    assert d(torch.randn((3, 5) + (16,) * dims)).shape == (3, 4**dims)
+    # without instance norm (whose statistics span the whole map) a region's score depends
+    # on its own neighbourhood only
+    d = LabelMapDiscriminator(dims, in_channels=5, features=(8, 16), norm="none", output="patch")
+    x = torch.randn((1, 5) + (16,) * dims)
+    y = x.clone()
+    y[(0, slice(None)) + (slice(12, 16),) * dims] += 5.0
+    changed = (d(x) != d(y))[0]
+    assert changed.any() and not changed.all()
+    with pytest.raises(ValueError, match="choose from patch, global"):
+        LabelMapDiscriminator(dims, 5, output="pixel")
+
+
 def test_critic_without_normalisation_has_no_norm_layers():
     critic = LabelMapDiscriminator(2, 2, features=(8, 16, 32), norm="none")
     norms = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)

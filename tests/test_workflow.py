@@ -44,12 +44,27 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert plans["target_spacing"] == [2.0, 2.0, 3.0]
     assert plans["channel_names"] == ["T2w", "ADC", "DWI"]
     splits = json.loads((exp / "splits.json").read_text())
-    assert len(splits["folds"]) == 4
+    assert len(splits["folds"]) == 2
     assert sorted(c for f in splits["folds"] for c in f["val"]) == sorted(dataset["cases"])
     assert (exp / "qc" / "overview.png").stat().st_size > 10_000
     assert len(list((exp / "qc" / "cases").glob("*.png"))) == n_cases
-    for rule in ("synth_cohort", "validate_cohort", "preprocess", "splits", "qc"):
+    for rule in ("synth_cohort", "validate_cohort", "preprocess", "splits", "qc", "summarize"):
         assert (exp / "logs" / f"{rule}.log").exists(), rule
+    for scheme in ("ce", "adversarial", "hybrid"):
+        for fold in range(2):
+            folder = exp / scheme / f"fold_{fold}"
+            spec = json.loads((folder / "model.json").read_text())
+            assert (spec["scheme"], spec["fold"], spec["epochs_trained"]) == (scheme, fold, 2)
+            assert sorted(spec["val_cases"]) == sorted(splits["folds"][fold]["val"])
+            metrics = (folder / "metrics.tsv").read_text().splitlines()
+            assert len(metrics) == 1 + len(splits["folds"][fold]["val"])
+            log = (exp / "logs" / f"train_{scheme}_fold_{fold}.log").read_text()
+            assert "epoch 2/2" in log
+    summary = (exp / "summary.md").read_text()
+    for name in ("| cross-entropy | L_mce |", "| adversarial | L_S & L_D |", "| hybrid |"):
+        assert name in summary
+    assert (exp / "plots" / "lesion_dice.png").is_file()
+    assert f"results table in {exp / 'summary.md'}" in run.stdout + run.stderr
     again = snakemake(*args, "--dry-run")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -58,7 +73,10 @@ def test_tiny_workflow_end_to_end(tmp_path):
 def test_workflow_rejects_unknown_config_keys():
     run = snakemake("--cores", "1", "--dry-run", "--config", "epochs=3", timeout=120)
     assert run.returncode != 0
-    assert "unknown key(s) 'epochs'; allowed: dataset, experiment" in run.stdout + run.stderr
+    assert (
+        "unknown key(s) 'epochs'; allowed: adversarial, dataset, evaluate, experiment"
+        in run.stdout + run.stderr
+    )
 
 
 def test_workflow_lint_is_clean():
@@ -82,17 +100,31 @@ def test_workflow_on_a_decathlon_task_with_given_splits(msd_cohort, tmp_path):
                 "dataset": {"source": "msd", "path": str(root)},
                 "preprocess": {"target_spacing": [1.2, 1.2, 3.0]},
                 "folds": {"n": 4, "file": str(given)},
+                "schemes": ["ce"],
+                "train": {
+                    "network": {"features": [4, 8]},
+                    "patch_size": [4, 4],
+                    "batch_size": 2,
+                    "samples_per_case": 1,
+                    "epochs": 1,
+                },
             }
         )
     )
-    run = snakemake("--cores", "2", "--configfile", str(config))
-    assert run.returncode == 0, run.stderr[-3000:]
     exp = tmp_path / "results" / "msd"
+    # up to one evaluated fold: enough to see a real cohort with two labels through training
+    target = exp / "ce" / "fold_0" / "metrics.tsv"
+    # (targets before --configfile, which takes several values)
+    run = snakemake(str(target), str(exp / "qc"), "--cores", "2", "--configfile", str(config))
+    assert run.returncode == 0, run.stderr[-3000:]
     assert not (exp / "raw").exists()  # a real cohort is read in place
     splits = json.loads((exp / "splits.json").read_text())
     assert [f["val"] for f in splits["folds"]] == [[c] for c in cases]
     plans = json.loads((exp / "preprocessed" / "plans.json").read_text())
     assert plans["channel_names"] == ["T2", "ADC"] and plans["labels"]["TZ"] == 2
+    # two foreground labels: one metrics row per held-out case and label
+    metrics = (exp / "ce" / "fold_0" / "metrics.tsv").read_text().splitlines()
+    assert [line.split("\t")[5] for line in metrics[1:]] == ["PZ", "TZ"]
     # a label fixed in place makes the stages that read it out of date
     label = root / "labelsTr" / "prostate_02.nii.gz"
     image = sitk.ReadImage(str(label))
