@@ -31,6 +31,7 @@ EXAMPLES = {
     "evaluate": "adseg evaluate results/default/hybrid/fold_0 "
     "--preprocessed results/default/preprocessed -o results/default/hybrid/fold_0/metrics.tsv",
     "summarize": "adseg summarize results/default/*/fold_*/metrics.tsv -o results/default",
+    "predict": "adseg predict -i scans/ -o masks/ -m results/default/hybrid",
 }
 
 
@@ -152,6 +153,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs from 'adseg evaluate'")
     p.add_argument("-o", "--out", type=Path, required=True, help="experiment folder")
+
+    p = command(
+        "predict",
+        "Segment new scans with a trained model folder (all folds as an ensemble).",
+        _predict,
+        config=False,
+    )
+    p.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a folder of <case>_<channel:04d>.nii.gz files, or the channel files of one case "
+        "in order (or one 4-D file)",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("-m", "--model", type=Path, required=True, help="model folder (<scheme>/)")
+    p.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: all)")
+    p.add_argument("--tta", action="store_true", help="average over mirrored inputs")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <case>_probabilities.nii.gz (float32, one volume per class)",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    p.add_argument(
+        "--quality-threshold",
+        type=float,
+        help="flag maps the discriminator scores below this (default: the model's, the 5th "
+        "percentile of its scores of expert maps)",
+    )
 
     p = command("config", "Print a config with every default filled in (validates it).", _config)
     return parser
@@ -315,6 +350,23 @@ def _summarize(args) -> None:
     logger.info("summary: %s", path)
 
 
+def _predict(args) -> None:
+    from adseg.predict import PredictOptions, predict
+
+    opts = PredictOptions(
+        folds=args.folds,
+        tta=args.tta,
+        save_probabilities=args.save_probabilities,
+        device=args.device,
+        overwrite=args.overwrite,
+        checkpoint=args.checkpoint,
+        quality_threshold=args.quality_threshold,
+        show_progress=not args.no_progress,
+    )
+    summary = predict(args.input, args.out, args.model, opts)
+    logger.info("masks in %s; per-case summary: %s", args.out, summary)
+
+
 def _config(args) -> None:
     print(yaml.safe_dump(_load(args.config, settings=args.set), sort_keys=False), end="")
 
@@ -325,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     from adseg.cohort import CohortError
     from adseg.modeldir import ModelError
+    from adseg.predict import PredictError
     from adseg.train import TrainingError
 
     try:
@@ -335,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as err:
         print(f"adseg {args.command}: training stopped: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, CohortError, ModelError) as err:
+    except (ValueError, FileNotFoundError, CohortError, ModelError, PredictError) as err:
         # raised by the library for bad input (cohort, splits, plan); the message names the file
         print(f"adseg {args.command}: error: {err}", file=sys.stderr)
         return 1

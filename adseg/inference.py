@@ -104,3 +104,36 @@ def to_grid(probs: torch.Tensor, source: Grid, target: Grid) -> tuple[np.ndarray
         resampled.append(sitk.GetArrayFromImage(out))
     stacked = np.stack(resampled).astype(np.float32)
     return stacked.argmax(axis=0).astype(np.uint8), stacked
+
+
+@torch.inference_mode()
+def discriminator_score(
+    disc: nn.Module,
+    d_input: str,
+    spatial_dims: int,
+    axis: int,
+    image: torch.Tensor,
+    labels: torch.Tensor,
+) -> float:
+    """Mean sigmoid score D gives a whole case's label map (high = expert-like).
+
+    Args:
+        d_input: the discriminator's input variant (see :func:`adseg.networks.discriminator_input`).
+        image: ``(C, X, Y, Z)`` on the preprocessed grid.
+        labels: one-hot ``(K, X, Y, Z)``.
+
+    2-D discriminators see the case slice by slice across ``axis``, as in training.
+    """
+    from adseg.networks import discriminator_input
+
+    device = next(disc.parameters()).device
+    x = discriminator_input(d_input, image[None], labels[None]).to(device)
+    if spatial_dims == 2:
+        x = x.movedim(axis + 2, 1).flatten(0, 1)  # (slices, channels, in-plane...)
+    disc.eval()
+    return float(torch.sigmoid(disc(x).float()).mean())
+
+
+def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """``(X, Y, Z)`` integer labels to ``(K, X, Y, Z)`` float one-hot maps."""
+    return torch.nn.functional.one_hot(labels.long(), classes).movedim(-1, 0).float()

@@ -120,16 +120,13 @@ def read_model(folder: str | Path, folds: list[int] | None = None) -> list[FoldM
     """All (or the chosen) folds of a model folder ``<scheme>/`` (or one ``fold_<k>/``)."""
     folder = Path(folder)
     if (folder / "model.json").is_file():
-        found = [folder]
-    else:
-        found = sorted(folder.glob("fold_*"), key=lambda p: p.name)
+        return [read_fold(folder)]
+    found = {int(p.name[5:]): p for p in folder.glob("fold_*") if p.name[5:].isdigit()}
     if not found:
         raise ModelError(f"{folder}: no model.json and no fold_* folders")
-    models = [read_fold(f) for f in found]
-    if folds is not None:
-        available = {m.spec["fold"]: m for m in models}
-        absent = [k for k in folds if k not in available]
-        if absent:
-            raise ModelError(f"{folder}: no fold(s) {absent}; it has {sorted(available)}")
-        models = [available[k] for k in folds]
-    return models
+    if folds is None:
+        folds = sorted(found)
+    absent = [k for k in folds if k not in found]
+    if absent:
+        raise ModelError(f"{folder}: no fold(s) {absent}; it has {sorted(found)}")
+    return [read_fold(found[k]) for k in folds]

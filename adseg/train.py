@@ -30,7 +30,7 @@ from monai.utils import set_determinism
 
 from adseg import __version__
 from adseg.data import case_items, training_loader, validation_dataset
-from adseg.inference import make_inferer, predict_probabilities
+from adseg.inference import discriminator_score, make_inferer, one_hot, predict_probabilities
 from adseg.io import atomic_path, read_json, write_json, write_text
 from adseg.log import logger, progress
 from adseg.losses import CRITIC_LOSSES
@@ -453,6 +453,29 @@ def _write_static(job: TrainJob) -> None:
     write_json(job.out / "plans.json", job.plan.to_dict())
 
 
+def quality_threshold(trainer: Trainer, job: TrainJob) -> float:
+    """The 5th percentile of D's scores of the expert maps of the training cases.
+
+    ``adseg predict`` flags a predicted map that D scores below this: it looks less like an
+    expert annotation than 95 % of the expert annotations D was trained on.
+    """
+    spec = job.spec
+    scores = []
+    for item in validation_dataset(case_items(job.preprocessed, spec["train_cases"])):
+        expert = one_hot(item["label"][0], trainer.classes)
+        scores.append(
+            discriminator_score(
+                trainer.disc,
+                spec["discriminator"]["input"],
+                spec["network"]["spatial_dims"],
+                spec["slice_axis"],
+                item["image"],
+                expert,
+            )
+        )
+    return float(np.percentile(scores, 5))
+
+
 def _finish(job: TrainJob, trainer: Trainer, history: list[dict], best: dict) -> dict:
     from adseg.plots import learning_curves
 
@@ -466,6 +489,8 @@ def _finish(job: TrainJob, trainer: Trainer, history: list[dict], best: dict) ->
         "best_val_dice": best["dice"] if best["epoch"] else None,
         "final_val_dice": history[-1].get("val_dice") if history else None,
     }
+    if trainer.disc is not None:
+        spec["quality_threshold"] = quality_threshold(trainer, job)
     _save(trainer.weights(), job.out / "checkpoint_final.pt")
     learning_curves(history, job.out / "learning_curves.png", f"{job.scheme} fold {job.fold}")
     # model.json last: its presence marks a complete folder
