@@ -261,10 +261,12 @@ def predict_case(case: InputCase, models, nets, inferer, opts: PredictOptions, o
         row["d_score"] = round(score, 4)
         threshold = opts.quality_threshold
         if threshold is None:
-            own = [m.spec["quality_threshold"] for m in models if m.spec.get("discriminator")]
-            threshold = float(np.mean(own))
-        row["d_threshold"] = round(threshold, 4)
-        row["d_flag"] = "unlike-expert" if score < threshold else ""
+            own = [m.spec.get("quality_threshold") for m in models if m.spec["discriminator"]]
+            own = [t for t in own if t is not None]
+            threshold = float(np.mean(own)) if own else None
+        if threshold is not None:
+            row["d_threshold"] = round(threshold, 4)
+            row["d_flag"] = "unlike-expert" if score < threshold else ""
     return row
 
 

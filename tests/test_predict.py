@@ -327,3 +327,25 @@ def test_a_4d_scan_gets_a_3d_mask_with_its_geometry(model_dir, tmp_path):
     mask = nib.load(str(tmp_path / "out" / "multi.nii.gz"))
     assert mask.shape == stacked.shape[:3]
     np.testing.assert_array_equal(mask.affine, nib.load(str(four_d)).affine)
+
+
+def test_without_a_stored_threshold_no_case_is_flagged(model_dir, tmp_path):
+    import shutil
+
+    files = _write_case(tmp_path / "in", "a", "ras")
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    for spec_file in model.glob("fold_*/model.json"):
+        spec = json.loads(spec_file.read_text())
+        del spec["quality_threshold"]
+        spec_file.write_text(json.dumps(spec))
+    summary = predict(files, tmp_path / "out", model, PredictOptions(show_progress=False))
+    row = _rows(summary)[0]
+    assert 0 < float(row["d_score"]) < 1 and "d_flag" not in row
+    flagged = predict(
+        files,
+        tmp_path / "out2",
+        model,
+        PredictOptions(quality_threshold=1.0, show_progress=False),
+    )
+    assert _rows(flagged)[0]["d_flag"] == "unlike-expert"
