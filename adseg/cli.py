@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
     p.add_argument("--splits", type=Path, required=True, help="splits.json")
     p.add_argument("-o", "--out", type=Path, required=True, help="model folder of this fold")
+    p.add_argument("--threads", type=int, help="CPU threads (overrides train.threads)")
     p.add_argument(
         "--resume",
         nargs="?",
@@ -296,7 +297,8 @@ def _qc(args) -> None:
 def _train(args) -> None:
     from adseg.train import train_fold
 
-    config = _load(args.config, settings=args.set)
+    overrides = {"train": {"threads": args.threads}} if args.threads else None
+    config = _load(args.config, overrides, args.set)
     spec = train_fold(
         config,
         args.scheme,

@@ -133,8 +133,11 @@ def training_loader(
     randomize = random_transforms(crop, samples, pos, axis if spatial_dims == 2 else None)
     dataset = CacheDataset(
         items,
-        transform=Compose([load_transforms(crop), randomize]),
-        num_workers=None,
+        # one flat chain: CacheDataset caches up to the first random transform, and a nested
+        # Compose would count as random and disable the cache
+        transform=Compose([*load_transforms(crop).transforms, *randomize.transforms]),
+        # one thread: MONAI's image readers are not safe to share across loading threads
+        num_workers=1,
         progress=show_progress,
     )
     loader = DataLoader(

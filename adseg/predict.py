@@ -246,13 +246,11 @@ def predict_case(case: InputCase, models, nets, inferer, opts: PredictOptions, o
     images, _, record = preprocess_images(channels, None, plan)
     x = torch.from_numpy(np.stack([sitk.GetArrayFromImage(im).transpose(2, 1, 0) for im in images]))
     dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
-    probs = predict_probabilities(nets, x, inferer, dims, axis, opts.tta, device.type == "cuda")
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    probs = predict_probabilities(nets, x, inferer, dims, axis, opts.tta, amp)
     reference = channels[plan.reference_channel]
     labels, prob_arr = to_grid(probs, Grid.from_dict(record["final_grid"]), Grid.of(reference))
     ref_file = case.channels[plan.reference_channel].path
-    if opts.save_probabilities:
-        write_like(ref_file, prob_arr, out / f"{case.case_id}_probabilities.nii.gz", np.float32)
-    write_like(ref_file, labels, out / f"{case.case_id}.nii.gz", np.uint8)
     names = {v: k for k, v in spec["labels"].items()}
     row = {"case_id": case.case_id, **lesion_stats(labels, reference.GetSpacing(), names)}
     row["seconds"] = round(time.perf_counter() - t0, 2)
@@ -267,6 +265,10 @@ def predict_case(case: InputCase, models, nets, inferer, opts: PredictOptions, o
         if threshold is not None:
             row["d_threshold"] = round(threshold, 4)
             row["d_flag"] = "unlike-expert" if score < threshold else ""
+    if opts.save_probabilities:
+        write_like(ref_file, prob_arr, out / f"{case.case_id}_probabilities.nii.gz", np.float32)
+    # the mask last: its presence marks a finished case
+    write_like(ref_file, labels, out / f"{case.case_id}.nii.gz", np.uint8)
     return row
 
 

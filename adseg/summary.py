@@ -70,8 +70,8 @@ def per_patient(rows: list[dict]) -> dict[tuple, dict]:
             agg[m] = sum(int(_num(v[m])) for v in visits)
         # Dice over patients with an expert lesion only: lesion-free patients score 1 or 0 by
         # convention, which can dominate the mean
-        has_lesion = any(_num(v["volume_true_ml"]) > 0 for v in visits)
-        agg["dice_with_lesion"] = agg["dice"] if has_lesion else math.nan
+        with_lesion = [_num(v["dice"]) for v in visits if _num(v["volume_true_ml"]) > 0]
+        agg["dice_with_lesion"] = float(np.mean(with_lesion)) if with_lesion else math.nan
         tp, fn = agg["lesion_tp"], agg["lesion_fn"]
         agg["lesion_detection"] = tp / (tp + fn) if tp + fn else math.nan
         out[key] = agg

@@ -225,16 +225,25 @@ class Trainer:
         return out
 
 
+def data_hash(job: TrainJob) -> str:
+    """SHA-256 of the fold's preprocessed image and label files (a changed case changes it)."""
+    digest = hashlib.sha256()
+    for item in case_items(job.preprocessed, job.spec["train_cases"] + job.spec["val_cases"]):
+        for path in [*item["image"], item["label"]]:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(job: TrainJob) -> str:
     """What a checkpoint must share with the run that resumes it.
 
-    Epoch count, validation frequency, threads, workers and device may change between runs
-    (a longer run resumes a shorter one).
+    The data (file contents), the settings and the epoch count (the learning-rate schedule
+    depends on it); validation frequency, threads, workers and device may change.
     """
     train = {
         k: v
         for k, v in job.config["train"].items()
-        if k not in ("epochs", "val_every", "threads", "workers", "device", "amp")
+        if k not in ("val_every", "threads", "workers", "device", "amp")
     }
     key = {
         "scheme": job.scheme,
@@ -244,6 +253,7 @@ def fingerprint(job: TrainJob) -> str:
         "train": train,
         "adversarial": job.config["adversarial"] if job.spec.get("discriminator") else None,
         "plan": job.plan.to_dict(),
+        "data": data_hash(job),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -258,14 +268,23 @@ def _lr(base: float, epoch: int, epochs: int) -> float:
     return base * (1.0 - epoch / epochs) ** 0.9
 
 
+def loss_floor(loss: str, real_target: float) -> float:
+    """The smallest L_D can be: with a smoothed real target t, BCE cannot go below H(t)."""
+    t = real_target
+    if loss in ("minimax", "nonsaturating") and 0 < t < 1:
+        return -(t * math.log(t) + (1 - t) * math.log(1 - t))
+    return 0.0
+
+
 def _collapsed(history: list[dict], job: TrainJob) -> bool:
-    """D's loss has stayed below ``collapse_loss`` for ``collapse_epochs`` epochs."""
+    """D's loss has stayed within ``collapse_loss`` of its floor for ``collapse_epochs`` epochs."""
     a = job.config["adversarial"]
     if a["loss"] in CRITIC_LOSSES:
-        return False  # a critic's loss has no floor at 0; NaN checks still apply
+        return False  # a critic's loss has no floor; NaN checks still apply
+    floor = loss_floor(a["loss"], a["real_label"])
     recent = [h for h in history if h["phase"] == "adversarial"][-a["collapse_epochs"] :]
     return len(recent) == a["collapse_epochs"] and all(
-        h["loss_d"] < a["collapse_loss"] for h in recent
+        h["loss_d"] - floor < a["collapse_loss"] for h in recent
     )
 
 
@@ -358,7 +377,7 @@ def train_fold(
         trainer.load_state(state["trainer"])
         history, best = state["history"], state["best"]
         logger.info("resuming %s fold %d after epoch %d", scheme, fold, len(history))
-    _write_static(job)
+    _write_static(job, fresh=state is None)
     spec = job.spec
     axis, dims = spec["slice_axis"], spec["network"]["spatial_dims"]
     train_items = case_items(job.preprocessed, spec["train_cases"])
@@ -417,13 +436,16 @@ def _train_epochs(job, trainer, loader, randomize, val_set, inferer, history, be
         history.append(row)
         logger.info(_epoch_message(row, epochs))
         if _collapsed(history, job):
+            write_log(job.out / "training_log.tsv", history)
             last = job.out / "checkpoint_last.pt"
-            kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint kept"
+            kept = (
+                f"checkpoint before this epoch: {last}" if last.is_file() else "no checkpoint kept"
+            )
             raise TrainingError(
-                f"discriminator collapsed: L_D < {a['collapse_loss']:g} for "
+                f"discriminator collapsed: L_D within {a['collapse_loss']:g} of its floor for "
                 f"{a['collapse_epochs']} epochs (last D(real) {row['d_real']:.3g}, D(fake) "
                 f"{row['d_fake']:.3g}); S gets no useful gradient. Try a lower adversarial.d_lr, "
-                f"real_label 0.9, or loss wgan-gp; {kept}"
+                f"real_label 0.9, or loss wgan-gp (a new config starts afresh); {kept}"
             )
         if row.get("val_dice") is not None and row["val_dice"] > best["dice"]:
             best.update(dice=row["val_dice"], epoch=epoch + 1)
@@ -441,14 +463,20 @@ def _train_epochs(job, trainer, loader, randomize, val_set, inferer, history, be
         )
 
 
-def _write_static(job: TrainJob) -> None:
-    """The parts of the model folder known before training: config and plans."""
+def _write_static(job: TrainJob, fresh: bool) -> None:
+    """The parts of the model folder known before training: config and plans.
+
+    A fresh start also removes what an earlier run left (best weights, log, checkpoint).
+    """
     import yaml
 
     job.out.mkdir(parents=True, exist_ok=True)
     # a folder with model.json looks finished; it is not until this run writes it anew
-    for stale in ("model.json", "checkpoint_final.pt"):
-        (job.out / stale).unlink(missing_ok=True)
+    stale = ["model.json", "checkpoint_final.pt"]
+    if fresh:
+        stale += ["checkpoint_best.pt", "checkpoint_last.pt", "training_log.tsv"]
+    for name in stale:
+        (job.out / name).unlink(missing_ok=True)
     write_text(job.out / "config.yaml", yaml.safe_dump(job.config, sort_keys=False))
     write_json(job.out / "plans.json", job.plan.to_dict())
 

@@ -126,12 +126,14 @@ def test_visits_of_one_patient_count_once():
         _row("ce", 0, "p1_v1", "P1", 0.2, 0.5, tp=1, fn=1),
         _row("ce", 0, "p1_v2", "P1", 0.4, math.nan, tp=0, fn=0, fp=2),
     ]
+    rows[1]["volume_true_ml"] = 0.0  # the second visit has no lesion
     as_text = [{k: str(v) for k, v in r.items()} for r in rows]
     patient = per_patient(as_text)[("lesion", "ce", "P1")]
     assert patient["dice"] == pytest.approx(0.3)
     assert patient["sensitivity"] == pytest.approx(0.5)  # the visit without a lesion is undefined
     assert (patient["lesion_tp"], patient["lesion_fn"], patient["lesion_fp"]) == (1, 1, 2)
     assert patient["lesion_detection"] == pytest.approx(0.5)
+    assert patient["dice_with_lesion"] == pytest.approx(0.2)  # only the visit with a lesion
 
 
 def test_paired_test_matches_scipy_on_common_patients():

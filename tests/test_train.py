@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import torch
 
 from adseg.config import deep_merge
 from adseg.io import read_json
-from adseg.train import Trainer, TrainingError, fingerprint, train_fold
+from adseg.train import Trainer, TrainingError, fingerprint, loss_floor, train_fold
 from adseg.trainconfig import check_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,37 +205,86 @@ def test_resume_refuses_a_checkpoint_from_another_config(tiny_experiment, tmp_pa
         _train(tiny_experiment, tmp_path / "empty", resume="yes")
 
 
-def test_fingerprint_ignores_run_length_but_not_the_model(tiny_experiment):
+def test_fingerprint_covers_settings_schedule_and_data(tiny_experiment, tmp_path):
     base = fingerprint(_job(tiny_experiment))
-    assert fingerprint(_job(tiny_experiment, train={"epochs": 9, "threads": 2})) == base
+    assert fingerprint(_job(tiny_experiment, train={"threads": 2, "val_every": 3})) == base
+    assert fingerprint(_job(tiny_experiment, train={"epochs": 9})) != base
     assert fingerprint(_job(tiny_experiment, train={"lr": 0.1})) != base
     assert fingerprint(_job(tiny_experiment, fold=1)) != base
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_experiment, tmp_path):
-    # a copy of the preprocessed folder whose T2w images turn to NaN after the first epoch
+    # an edited label of a case in the fold changes it too
     pre = tmp_path / "preprocessed"
     shutil.copytree(tiny_experiment["preprocessed"], pre)
-    experiment = {**tiny_experiment, "preprocessed": pre}
-    out = tmp_path / "fold"
-    _train(experiment, out, train={"epochs": 1})
-    good = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    job = _job({**tiny_experiment, "preprocessed": pre})
+    label = pre / "labelsTr" / f"{job.spec['train_cases'][0]}.nii.gz"
+    image = sitk.ReadImage(str(label))
+    image[0, 0, 0] = 1
+    sitk.WriteImage(image, str(label))
+    assert fingerprint(_job({**tiny_experiment, "preprocessed": pre})) != base
+
+
+def test_loss_floor_of_smoothed_targets():
+    from adseg.losses import discriminator_loss
+
+    floor = loss_floor("nonsaturating", 0.9)
+    assert floor == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+    # the best a discriminator can do: sigmoid(real) = 0.9, sigmoid(fake) = 0
+    best = discriminator_loss(
+        "nonsaturating",
+        torch.full((4,), math.log(9.0)),
+        torch.full((4,), -50.0),
+        real_target=0.9,
+    )
+    assert float(best) == pytest.approx(floor, abs=1e-6)
+    assert loss_floor("nonsaturating", 1.0) == 0.0 and loss_floor("hinge", 0.9) == 0.0
+
+
+def test_nan_voxels_give_a_non_finite_loss_that_stops_training(tiny_experiment, tmp_path):
+    pre = tmp_path / "preprocessed"
+    shutil.copytree(tiny_experiment["preprocessed"], pre)
     for path in (pre / "imagesTr").glob("*_0000.nii.gz"):
         image = sitk.ReadImage(str(path))
         image[:, :, :] = float("nan")
         sitk.WriteImage(image, str(path))
-    with pytest.raises(TrainingError, match="non-finite loss_s.*at epoch 2, iteration 1"):
-        _train(experiment, out, resume="yes", train={"epochs": 3})
+    out = tmp_path / "fold"
+    with pytest.raises(TrainingError, match="non-finite loss_s.*at epoch 1, iteration 1"):
+        _train({**tiny_experiment, "preprocessed": pre}, out)
+    assert not (out / "checkpoint_last.pt").exists() and not (out / "model.json").exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tiny_experiment, tmp_path, monkeypatch):
+    steps = {"n": 0, "per_epoch": None}
+    step = Trainer.supervised_step
+
+    def diverging(self, image, label):
+        stats = step(self, image, label)
+        steps["n"] += 1
+        if steps["per_epoch"] is not None and steps["n"] > steps["per_epoch"]:
+            stats["loss_s"] = float("inf")
+        return stats
+
+    def log_after_first_epoch(path, history):
+        if steps["per_epoch"] is None:
+            steps["per_epoch"] = steps["n"]
+        return write_log(path, history)
+
+    import adseg.train
+
+    write_log = adseg.train.write_log
+    monkeypatch.setattr(Trainer, "supervised_step", diverging)
+    monkeypatch.setattr(adseg.train, "write_log", log_after_first_epoch)
+    out = tmp_path / "fold"
+    with pytest.raises(TrainingError, match="non-finite loss_s at epoch 2, iteration 1"):
+        _train(tiny_experiment, out, train={"epochs": 3})
     kept = torch.load(out / "checkpoint_last.pt", weights_only=False)
     assert len(kept["history"]) == 1
-    for key, value in good["trainer"]["segmentor"].items():
-        assert torch.equal(value, kept["trainer"]["segmentor"][key])
     assert not (out / "model.json").exists()
 
 
 def test_collapsed_discriminator_stops_training(tiny_experiment, tmp_path):
     # any real loss is below a threshold of 100: collapse after the first adversarial epoch
-    with pytest.raises(TrainingError, match="discriminator collapsed: L_D < 100 for 1 epochs"):
+    with pytest.raises(
+        TrainingError, match="discriminator collapsed: L_D within 100 of its floor for 1 epochs"
+    ):
         _train(
             tiny_experiment,
             tmp_path / "fold",

@@ -27,4 +27,4 @@ rule train:
     shell:
         "python -m adseg train --scheme {wildcards.scheme} --fold {wildcards.fold}"
         " --preprocessed {input.preprocessed} --splits {input.splits} -o {params.out}"
-        " --resume auto --set {params.cfg} > {log} 2>&1"
+        " --threads {threads} --resume auto --set {params.cfg} > {log} 2>&1"
