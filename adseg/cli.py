@@ -320,7 +320,8 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from adseg.evaluate import METRIC_COLUMNS, evaluate_fold, write_rows
+    from adseg.evaluate import METRIC_COLUMNS, evaluate_fold
+    from adseg.io import write_tsv
     from adseg.train import pick_device
 
     config = _load(args.config, settings=args.set)
@@ -334,7 +335,7 @@ def _evaluate(args) -> None:
         pick_device(config["train"]["device"]),
         not args.no_progress,
     )
-    write_rows(args.out, rows, METRIC_COLUMNS)
+    write_tsv(args.out, rows, METRIC_COLUMNS)
     logger.info("wrote metrics of %d case-label pairs to %s", len(rows), args.out)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 
@@ -19,7 +18,7 @@ from adseg.cohort import discover_cohort, read_label
 from adseg.data import case_items, validation_dataset
 from adseg.geometry import Grid
 from adseg.inference import make_inferer, predict_probabilities, to_grid
-from adseg.io import atomic_path, read_json
+from adseg.io import read_json
 from adseg.log import logger, progress
 from adseg.metrics import METRICS, case_metrics
 from adseg.modeldir import read_fold
@@ -96,21 +95,6 @@ def evaluate_fold(
             )
         logger.debug("%s evaluated in %.1f s", case_id, time.perf_counter() - t0)
     return rows
-
-
-def format_value(v) -> str:
-    """A TSV cell: integers as is, floats to 6 significant digits, NaN as ``nan``."""
-    if isinstance(v, float):
-        return "nan" if np.isnan(v) else f"{v:.6g}"
-    return str(v)
-
-
-def write_rows(path: str | Path, rows: list[dict], columns: tuple[str, ...]) -> None:
-    """Write ``rows`` as a TSV with ``columns`` atomically."""
-    lines = ["\t".join(columns)]
-    lines += ["\t".join(format_value(r[c]) for c in columns) for r in rows]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
 
 
 METRIC_COLUMNS = ID_COLUMNS + METRICS

@@ -22,6 +22,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from torch import nn
 
 from adseg.geometry import Grid
+from adseg.networks import discriminator_input
 from adseg.preprocess import resample_to
 
 
@@ -124,8 +125,6 @@ def discriminator_score(
 
     2-D discriminators see the case slice by slice across ``axis``, as in training.
     """
-    from adseg.networks import discriminator_input
-
     device = next(disc.parameters()).device
     x = discriminator_input(d_input, image[None], labels[None]).to(device)
     if spatial_dims == 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -75,6 +76,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def format_cell(v: Any) -> str:
+    """A TSV cell: empty for None, floats to 6 significant digits (NaN as ``nan``)."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def write_tsv(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ...]) -> None:
+    """Write ``rows`` as a TSV with ``columns`` atomically (a missing key is an empty cell)."""
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(format_cell(r.get(c)) for c in columns) for r in rows]
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -41,6 +41,12 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
+def dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Dice of two boolean masks; 1 when both are empty (see the module docstring)."""
+    denom = int(np.count_nonzero(truth)) + int(np.count_nonzero(pred))
+    return 1.0 if denom == 0 else 2.0 * int(np.count_nonzero(truth & pred)) / denom
+
+
 def hd95(truth: np.ndarray, pred: np.ndarray, spacing) -> float:
     """95th percentile of the symmetric surface distance in mm; NaN unless both are non-empty."""
     if not truth.any() or not pred.any():
@@ -89,11 +95,10 @@ def case_metrics(
     fp = int(np.count_nonzero(~truth & pred))
     fn = int(np.count_nonzero(truth & ~pred))
     tn = truth.size - tp - fp - fn
-    empty_both = not truth.any() and not pred.any()
     voxel_ml = float(np.prod(spacing)) / 1000.0
     les_tp, les_fn, les_fp = lesion_detection(truth, pred, min_overlap)
     return {
-        "dice": 1.0 if empty_both else 2 * tp / (2 * tp + fp + fn),
+        "dice": dice(truth, pred),
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "precision": _ratio(tp, tp + fp),

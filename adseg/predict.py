@@ -205,23 +205,41 @@ def lesion_stats(labels_zyx: np.ndarray, spacing_xyz, names: dict[int, str]) -> 
     return out
 
 
-def quality(models: list[FoldModel], image: torch.Tensor, probs: torch.Tensor, device):
-    """D's mean score of the predicted label map over the folds that have a D, or None.
+@dataclass
+class Critics:
+    """The folds' discriminators (loaded once per call) and the threshold that flags a map."""
 
-    D sees the one-hot argmax map, the map that is written.
-    """
-    labels = one_hot(probs.argmax(0), probs.shape[0])
-    scores = []
-    for m in models:
-        disc = m.discriminator("final", device)
-        if disc is not None:
-            d = m.spec["discriminator"]
-            scores.append(
-                discriminator_score(
-                    disc, d["input"], m.spatial_dims, m.spec["slice_axis"], image, labels
-                )
+    discs: list[tuple[FoldModel, torch.nn.Module]]
+    threshold: float | None
+
+    @classmethod
+    def load(cls, models: list[FoldModel], threshold: float | None, device) -> Critics:
+        discs = [(m, m.discriminator("final", device)) for m in models]
+        discs = [(m, d) for m, d in discs if d is not None]
+        if threshold is None:
+            own = [m.spec.get("quality_threshold") for m, _ in discs]
+            own = [t for t in own if t is not None]
+            threshold = float(np.mean(own)) if own else None
+        return cls(discs, threshold)
+
+    def score(self, image: torch.Tensor, probs: torch.Tensor) -> float | None:
+        """D's mean score of the predicted label map over the folds that have a D, or None.
+
+        D sees the one-hot argmax map, the map that is written.
+        """
+        labels = one_hot(probs.argmax(0), probs.shape[0])
+        scores = [
+            discriminator_score(
+                disc,
+                m.spec["discriminator"]["input"],
+                m.spatial_dims,
+                m.spec["slice_axis"],
+                image,
+                labels,
             )
-    return float(np.mean(scores)) if scores else None
+            for m, disc in self.discs
+        ]
+        return float(np.mean(scores)) if scores else None
 
 
 @dataclass
@@ -238,7 +256,16 @@ class PredictOptions:
     show_progress: bool = True
 
 
-def predict_case(case: InputCase, models, nets, inferer, opts: PredictOptions, out: Path, device):
+def predict_case(
+    case: InputCase,
+    models,
+    nets,
+    critics: Critics,
+    inferer,
+    opts: PredictOptions,
+    out: Path,
+    device,
+):
     """Segment one case and write its outputs; return its summary row."""
     t0 = time.perf_counter()
     spec, plan = models[0].spec, models[0].plan
@@ -254,17 +281,12 @@ def predict_case(case: InputCase, models, nets, inferer, opts: PredictOptions, o
     names = {v: k for k, v in spec["labels"].items()}
     row = {"case_id": case.case_id, **lesion_stats(labels, reference.GetSpacing(), names)}
     row["seconds"] = round(time.perf_counter() - t0, 2)
-    score = quality(models, x, probs, device)
+    score = critics.score(x, probs)
     if score is not None:
         row["d_score"] = round(score, 4)
-        threshold = opts.quality_threshold
-        if threshold is None:
-            own = [m.spec.get("quality_threshold") for m in models if m.spec["discriminator"]]
-            own = [t for t in own if t is not None]
-            threshold = float(np.mean(own)) if own else None
-        if threshold is not None:
-            row["d_threshold"] = round(threshold, 4)
-            row["d_flag"] = "unlike-expert" if score < threshold else ""
+        if critics.threshold is not None:
+            row["d_threshold"] = round(critics.threshold, 4)
+            row["d_flag"] = "unlike-expert" if score < critics.threshold else ""
     if opts.save_probabilities:
         write_like(ref_file, prob_arr, out / f"{case.case_id}_probabilities.nii.gz", np.float32)
     # the mask last: its presence marks a finished case
@@ -313,6 +335,7 @@ def predict(
     check_writable(out)
     device = pick_device(opts.device)
     nets = [m.segmentor(opts.checkpoint, device) for m in models]
+    critics = Critics.load(models, opts.quality_threshold, device)
     spec = models[0].spec
     inferer = make_inferer(spec["network"]["spatial_dims"], spec["patch_size"], spec["slice_axis"])
     summary = out / SUMMARY
@@ -321,7 +344,7 @@ def predict(
     if len(todo) < len(cases):
         logger.info("%d case(s) already done in %s; skipping them", len(cases) - len(todo), out)
     for case in progress(todo, "predict", enabled=opts.show_progress):
-        rows[case.case_id] = predict_case(case, models, nets, inferer, opts, out, device)
+        rows[case.case_id] = predict_case(case, models, nets, critics, inferer, opts, out, device)
         _write_summary(summary, rows)
         logger.info("%s: %s", case.case_id, rows[case.case_id])
     if not summary.is_file():

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
-from adseg.evaluate import write_rows
-from adseg.io import write_text
+from adseg.io import write_text, write_tsv
 from adseg.plots import box_plot
 from adseg.qc import read_tsv
 
@@ -143,8 +142,8 @@ def summarize(
                 out / "plots" / f"{label}_{m}.png",
                 f"{label}: {m} per patient",
             )
-    write_rows(out / "summary.tsv", stats, STAT_COLUMNS)
-    write_rows(out / "tests.tsv", tests, TEST_COLUMNS)
+    write_tsv(out / "summary.tsv", stats, STAT_COLUMNS)
+    write_tsv(out / "tests.tsv", tests, TEST_COLUMNS)
     path = out / "summary.md"
     write_text(path, _markdown(stats, tests, labels, schemes, folds, title, hybrid_weight))
     return path

@@ -31,9 +31,10 @@ from monai.utils import set_determinism
 from adseg import __version__
 from adseg.data import case_items, training_loader, validation_dataset
 from adseg.inference import discriminator_score, make_inferer, one_hot, predict_probabilities
-from adseg.io import atomic_path, read_json, write_json, write_text
+from adseg.io import atomic_path, read_json, write_json, write_text, write_tsv
 from adseg.log import logger, progress
 from adseg.losses import CRITIC_LOSSES
+from adseg.metrics import dice
 from adseg.modeldir import FORMAT, FORMAT_VERSION, build_discriminator
 from adseg.networks import build_segmentor, discriminator_input
 from adseg.steps import discriminator_step, generator_step, grad_norm
@@ -71,12 +72,7 @@ def pick_device(choice: str) -> torch.device:
 
 def dice_per_class(truth: np.ndarray, pred: np.ndarray, classes: int) -> list[float]:
     """Dice of each foreground class; 1 where both masks are empty."""
-    out = []
-    for k in range(1, classes):
-        t, p = truth == k, pred == k
-        denom = int(t.sum() + p.sum())
-        out.append(1.0 if denom == 0 else 2.0 * int((t & p).sum()) / denom)
-    return out
+    return [dice(truth == k, pred == k) for k in range(1, classes)]
 
 
 class Trainer:
@@ -288,8 +284,11 @@ def _collapsed(history: list[dict], job: TrainJob) -> bool:
     )
 
 
-def _resume_state(job: TrainJob, mode: str) -> dict | None:
-    """The checkpoint to resume from, per ``mode`` (no, auto, yes); see :func:`train_fold`."""
+def _resume_state(job: TrainJob, mode: str, key: str) -> dict | None:
+    """The checkpoint to resume from, per ``mode`` (no, auto, yes); see :func:`train_fold`.
+
+    ``key`` is this run's :func:`fingerprint`; the checkpoint must carry the same.
+    """
     path = job.out / "checkpoint_last.pt"
     if mode == "no":
         return None
@@ -298,7 +297,7 @@ def _resume_state(job: TrainJob, mode: str) -> dict | None:
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("fingerprint") != fingerprint(job):
+    if state.get("fingerprint") != key:
         message = (
             f"{path}: checkpoint from another config (scheme, fold, splits, preprocessing or "
             "training settings differ)"
@@ -312,14 +311,7 @@ def _resume_state(job: TrainJob, mode: str) -> dict | None:
 
 def write_log(path: Path, history: list[dict]) -> None:
     """The per-epoch training log as TSV (empty cells where a value does not apply)."""
-    lines = ["\t".join(LOG_COLUMNS)]
-    for h in history:
-        cells = []
-        for c in LOG_COLUMNS:
-            v = h.get(c)
-            cells.append("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)))
-        lines.append("\t".join(cells))
-    write_text(path, "\n".join(lines) + "\n")
+    write_tsv(path, history, LOG_COLUMNS)
 
 
 def _epoch_message(h: dict, epochs: int) -> str:
@@ -368,7 +360,9 @@ def train_fold(
     device = pick_device(t["device"])
     if device.type == "cpu":
         torch.set_num_threads(t["threads"])
-    state = _resume_state(job, resume)
+    # computed once: it hashes every preprocessed file of the fold
+    key = fingerprint(job)
+    state = _resume_state(job, resume, key)
     set_determinism(t["seed"])
     trainer = Trainer(job, device)
     history: list[dict] = []
@@ -402,11 +396,15 @@ def train_fold(
         len(val_set),
         spec["network"]["name"],
     )
-    _train_epochs(job, trainer, loader, randomize, val_set, inferer, history, best, show_progress)
+    _train_epochs(
+        job, trainer, loader, randomize, val_set, inferer, history, best, key, show_progress
+    )
     return _finish(job, trainer, history, best)
 
 
-def _train_epochs(job, trainer, loader, randomize, val_set, inferer, history, best, show) -> None:
+def _train_epochs(
+    job, trainer, loader, randomize, val_set, inferer, history, best, key, show
+) -> None:
     t, a = job.config["train"], job.config["adversarial"]
     epochs = t["epochs"]
     for epoch in progress(
@@ -456,7 +454,7 @@ def _train_epochs(job, trainer, loader, randomize, val_set, inferer, history, be
                 "trainer": trainer.state(),
                 "history": history,
                 "best": best,
-                "fingerprint": fingerprint(job),
+                "fingerprint": key,
                 "adseg_version": __version__,
             },
             job.out / "checkpoint_last.pt",

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 from scipy.stats import wilcoxon
 
-from adseg.evaluate import METRIC_COLUMNS, evaluate_fold, write_rows
-from adseg.io import read_json
+from adseg.evaluate import METRIC_COLUMNS, evaluate_fold
+from adseg.io import read_json, write_tsv
 from adseg.qc import read_tsv
 from adseg.summary import paired_test, per_patient, summarize
 from adseg.train import train_fold
@@ -116,7 +116,7 @@ def _write(tmp_path, rows):
     paths = []
     for scheme in sorted({r["scheme"] for r in rows}):
         path = tmp_path / f"{scheme}.tsv"
-        write_rows(path, [r for r in rows if r["scheme"] == scheme], METRIC_COLUMNS)
+        write_tsv(path, [r for r in rows if r["scheme"] == scheme], METRIC_COLUMNS)
         paths.append(path)
     return paths
 
