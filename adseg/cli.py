@@ -32,6 +32,7 @@ EXAMPLES = {
     "--preprocessed results/default/preprocessed -o results/default/hybrid/fold_0/metrics.tsv",
     "summarize": "adseg summarize results/default/*/fold_*/metrics.tsv -o results/default",
     "predict": "adseg predict -i scans/ -o masks/ -m results/default/hybrid",
+    "mlflow-sync": "adseg mlflow-sync results/default",
 }
 
 
@@ -189,6 +190,17 @@ def _parser() -> argparse.ArgumentParser:
         "percentile of its scores of expert maps)",
     )
 
+    p = command(
+        "mlflow-sync",
+        "Send MLflow events kept while the tracking server was unreachable.",
+        _mlflow_sync,
+        config=False,
+    )
+    p.add_argument("paths", type=Path, nargs="+", help="experiment, scheme or fold folders")
+    p.add_argument(
+        "--tracking-uri", help="send to this store instead of the one each run was made for"
+    )
+
     p = command("config", "Print a config with every default filled in (validates it).", _config)
     return parser
 
@@ -295,10 +307,14 @@ def _qc(args) -> None:
 
 
 def _train(args) -> None:
+    from adseg import tracking
     from adseg.train import train_fold
 
     overrides = {"train": {"threads": args.threads}} if args.threads else None
     config = _load(args.config, overrides, args.set)
+    tracker = None
+    if tracking.enabled(config):
+        tracker = tracking.FoldRun(config)
     spec = train_fold(
         config,
         args.scheme,
@@ -308,6 +324,7 @@ def _train(args) -> None:
         args.out,
         args.resume,
         not args.no_progress,
+        tracker,
     )
     logger.info(
         "%s fold %d: %d epochs, final validation Dice %s; model in %s",
@@ -320,6 +337,7 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from adseg import tracking
     from adseg.evaluate import METRIC_COLUMNS, evaluate_fold
     from adseg.io import write_tsv
     from adseg.train import pick_device
@@ -334,12 +352,17 @@ def _evaluate(args) -> None:
         ev["min_overlap"],
         pick_device(config["train"]["device"]),
         not args.no_progress,
+        overlays=args.out.parent / "overlays",
     )
     write_tsv(args.out, rows, METRIC_COLUMNS)
     logger.info("wrote metrics of %d case-label pairs to %s", len(rows), args.out)
+    if tracking.enabled(config):
+        overlays = sorted((args.out.parent / "overlays").glob("*.png"))
+        tracking.log_evaluation(args.model, rows, [args.out, *overlays], ev)
 
 
 def _summarize(args) -> None:
+    from adseg import tracking
     from adseg.summary import summarize
 
     config = _load(args.config, settings=args.set)
@@ -351,6 +374,8 @@ def _summarize(args) -> None:
     )
     print(path.read_text())
     logger.info("summary: %s", path)
+    if tracking.enabled(config):
+        tracking.log_summary(args.out, args.metrics, config)
 
 
 def _predict(args) -> None:
@@ -368,6 +393,21 @@ def _predict(args) -> None:
     )
     summary = predict(args.input, args.out, args.model, opts)
     logger.info("masks in %s; per-case summary: %s", args.out, summary)
+
+
+def _mlflow_sync(args) -> None:
+    from adseg.tracking import sync
+
+    for path in args.paths:
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such folder")
+    runs, sent, pending = sync(args.paths, args.tracking_uri)
+    if not runs:
+        where = ", ".join(map(str, args.paths))
+        raise UserError(f"no MLflow journals (tracking/*/ref.json) under {where}")
+    logger.info("%d runs: %d events sent, %d pending", runs, sent, pending)
+    if pending:
+        raise UserError(f"{pending} events could not be sent; the tracking store is unreachable")
 
 
 def _config(args) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from adseg.cohort import discover_cohort, read_label
+from adseg.cohort import Case, discover_cohort, read_channel, read_label
 from adseg.data import case_items, validation_dataset
 from adseg.geometry import Grid
 from adseg.inference import make_inferer, predict_probabilities, to_grid
@@ -26,8 +26,9 @@ from adseg.modeldir import read_fold
 ID_COLUMNS = ("scheme", "fold", "case_id", "patient_id", "domain", "label")
 
 
-def raw_labels(preprocessed: Path) -> dict[str, Path]:
-    """Case id → original label file, from the cohort the preprocessed folder was made from."""
+def raw_cases(preprocessed: Path) -> dict[str, Case]:
+    """Case id → original case (channel and label files), from the cohort the preprocessed
+    folder was made from."""
     dataset = read_json(preprocessed / "dataset.json")
     source = Path(dataset["source"])
     if not (source / "dataset.json").is_file():
@@ -36,7 +37,7 @@ def raw_labels(preprocessed: Path) -> dict[str, Path]:
             "with its label files"
         )
     cohort, _ = discover_cohort(source)
-    return {c.case_id: c.label for c in cohort.cases if c.label is not None}
+    return {c.case_id: c for c in cohort.cases if c.label is not None}
 
 
 def evaluate_fold(
@@ -47,6 +48,7 @@ def evaluate_fold(
     min_overlap: float = 0.1,
     device: str | torch.device = "cpu",
     show_progress: bool = True,
+    overlays: str | Path | None = None,
 ) -> list[dict]:
     """Metrics of every held-out case of one trained fold, one row per (case, foreground label).
 
@@ -54,18 +56,21 @@ def evaluate_fold(
         fold_dir: a model fold folder (``<scheme>/fold_<k>``).
         preprocessed: the preprocessed folder the model was trained on.
         checkpoint: ``final`` (unbiased) or ``best`` (chosen on these same cases).
+        overlays: a folder for PNGs of the best, median and worst case by Dice (scan slice
+            with expert and predicted contours), or None.
     """
     preprocessed = Path(preprocessed)
     model = read_fold(fold_dir)
     spec = model.spec
     dataset = read_json(preprocessed / "dataset.json")
-    labels_of = raw_labels(preprocessed)
+    originals = raw_cases(preprocessed)
     net = model.segmentor(checkpoint, device)
     dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
     inferer = make_inferer(dims, spec["patch_size"], axis)
     cases = validation_dataset(case_items(preprocessed, spec["val_cases"]))
     names = {v: k for k, v in spec["labels"].items()}
     rows = []
+    masks = {}
     for item in progress(
         cases, f"evaluate {spec['scheme']} fold {spec['fold']}", enabled=show_progress
     ):
@@ -73,9 +78,11 @@ def evaluate_fold(
         case_id = item["case_id"]
         props = read_json(preprocessed / "properties" / f"{case_id}.json")
         probs = predict_probabilities([net], item["image"], inferer, dims, axis, tta)
-        truth_img = read_label(labels_of[case_id])
+        truth_img = read_label(originals[case_id].label)
         pred, _ = to_grid(probs, Grid.from_dict(props["final_grid"]), Grid.of(truth_img))
         truth = sitk.GetArrayFromImage(truth_img)
+        if overlays is not None:
+            masks[case_id] = (truth, pred)
         spacing_zyx = truth_img.GetSpacing()[::-1]
         meta = dataset["cases"][case_id]
         for value in sorted(names):
@@ -94,7 +101,35 @@ def evaluate_fold(
                 }
             )
         logger.debug("%s evaluated in %.1f s", case_id, time.perf_counter() - t0)
+    if overlays is not None and rows:
+        write_overlays(rows, masks, originals, Path(overlays), spec)
     return rows
+
+
+def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Path]:
+    """PNGs of the best, median and worst case by the first foreground label's Dice."""
+    from adseg.plots import overlay
+
+    first = next(r["label"] for r in rows)
+    ranked = sorted((r for r in rows if r["label"] == first), key=lambda r: -r["dice"])
+    picks = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]}
+    for old in folder.glob("*.png"):  # an earlier evaluation's picks
+        old.unlink()
+    written = []
+    for rank, row in picks.items():
+        truth, pred = masks[row["case_id"]]
+        image = read_channel(originals[row["case_id"]].channels[0])
+        array = sitk.GetArrayFromImage(image)
+        if array.shape != truth.shape:
+            continue  # validation refuses such cases; nothing to draw on
+        path = folder / f"{rank}_{row['case_id']}.png"
+        title = (
+            f"{spec['scheme']} fold {spec['fold']}, {rank}: {row['case_id']} "
+            f"({first} Dice {row['dice']:.2f})"
+        )
+        overlay(array, truth, pred, path, title)
+        written.append(path)
+    return written
 
 
 METRIC_COLUMNS = ID_COLUMNS + METRICS

@@ -66,3 +66,26 @@ def box_plot(values: dict[str, list[float]], metric: str, path: Path, title: str
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     save(fig, path)
+
+
+def overlay(image, truth, pred, path: Path, title: str) -> None:
+    """One slice of a scan with the expert's (green) and the prediction's (red) contours.
+
+    ``image``, ``truth`` and ``pred`` are ``(z, y, x)`` arrays on one grid; the slice shown is
+    the one with the most expert plus predicted voxels (the middle one when both are empty).
+    """
+    import numpy as np
+
+    counts = (truth > 0).sum(axis=(1, 2)) + (pred > 0).sum(axis=(1, 2))
+    z = int(np.argmax(counts)) if counts.any() else image.shape[0] // 2
+    window = np.percentile(image[z], (1, 99))
+    fig, ax = plt.subplots(figsize=(4.5, 4.8))
+    ax.imshow(image[z], cmap="gray", vmin=window[0], vmax=max(window[1], window[0] + 1e-6))
+    for mask, colour, name in ((truth, "lime", "expert"), (pred, "red", "predicted")):
+        if mask[z].any():
+            ax.contour(mask[z] > 0, levels=[0.5], colors=colour, linewidths=1.2)
+        ax.plot([], [], color=colour, label=name)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_axis_off()
+    ax.set_title(f"{title}\nslice {z}", fontsize=9)
+    save(fig, path)

@@ -339,6 +339,7 @@ def train_fold(
     out: str | Path,
     resume: str = "auto",
     show_progress: bool = True,
+    tracker=None,
 ) -> dict:
     """Train one scheme on one fold and write its model folder ``out``.
 
@@ -347,6 +348,7 @@ def train_fold(
         resume: ``no`` starts afresh; ``yes`` continues from ``out/checkpoint_last.pt`` and
             fails if there is none or it is from another config; ``auto`` resumes when a
             matching checkpoint exists and starts afresh otherwise (what the workflow uses).
+        tracker: an :class:`adseg.tracking.FoldRun` to log the run to MLflow, or None.
 
     Returns:
         The model spec written to ``model.json``.
@@ -372,6 +374,8 @@ def train_fold(
         history, best = state["history"], state["best"]
         logger.info("resuming %s fold %d after epoch %d", scheme, fold, len(history))
     _write_static(job, fresh=state is None)
+    if tracker is not None:
+        tracker.start(job, len(history) if state is not None else None, device, Path(splits))
     spec = job.spec
     axis, dims = spec["slice_axis"], spec["network"]["spatial_dims"]
     train_items = case_items(job.preprocessed, spec["train_cases"])
@@ -396,14 +400,32 @@ def train_fold(
         len(val_set),
         spec["network"]["name"],
     )
-    _train_epochs(
-        job, trainer, loader, randomize, val_set, inferer, history, best, key, show_progress
-    )
-    return _finish(job, trainer, history, best)
+    try:
+        _train_epochs(
+            job,
+            trainer,
+            loader,
+            randomize,
+            val_set,
+            inferer,
+            history,
+            best,
+            key,
+            show_progress,
+            tracker,
+        )
+    except TrainingError as err:
+        if tracker is not None:
+            tracker.fail(err)
+        raise
+    spec = _finish(job, trainer, history, best)
+    if tracker is not None:
+        tracker.finish(spec)
+    return spec
 
 
 def _train_epochs(
-    job, trainer, loader, randomize, val_set, inferer, history, best, key, show
+    job, trainer, loader, randomize, val_set, inferer, history, best, key, show, tracker
 ) -> None:
     t, a = job.config["train"], job.config["adversarial"]
     epochs = t["epochs"]
@@ -433,6 +455,8 @@ def _train_epochs(
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         logger.info(_epoch_message(row, epochs))
+        if tracker is not None:
+            tracker.epoch(row, a["d_lr"] if trainer.adversarial else None)
         if _collapsed(history, job):
             write_log(job.out / "training_log.tsv", history)
             last = job.out / "checkpoint_last.pt"

@@ -227,3 +227,20 @@ def tiny_experiment(tmp_path_factory) -> dict:
         "splits": root / "splits.json",
         "config": config,
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_store(tmp_path_factory):
+    """Commands the tests run track to a store of their own, never to ./results/mlflow.db."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "ADSEG_WORKFLOW_CONFIG")}
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    os.environ.pop("ADSEG_WORKFLOW_CONFIG", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

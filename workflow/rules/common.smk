@@ -6,6 +6,7 @@ from pathlib import Path
 
 from adseg.config import experiment_dir, resolve_config
 from adseg.io import read_json
+from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
 from adseg.trainconfig import ADVERSARIAL_SCHEMES, SCHEMES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
@@ -20,6 +21,9 @@ CONDA_ENV = "../../environment.yml"
 REPO = Path(workflow.basedir).parent
 python_path = [str(REPO), os.environ.get("PYTHONPATH", "")]
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in python_path if p))
+# Jobs get only the config sections they use (so a change reruns exactly what it affects), but
+# log to MLflow under the whole config: experiment name, tracking URI, params.
+os.environ[ADSEG_WORKFLOW_CONFIG] = json.dumps(config)
 EXP = experiment_dir(config)
 LOGS = EXP / "logs"
 SYNTHETIC = config["dataset"]["source"] == "synthetic"

@@ -1,0 +1,760 @@
+"""Experiment tracking in MLflow: loss-free, safe for parallel jobs. The only module that
+imports mlflow.
+
+In MLflow, each config ``experiment`` is one MLflow experiment. Each scheme has one parent run
+per set of model-defining settings, and each cross-validation fold is a child run nested in
+it. Metric names are the same for every scheme, so the UI compares them side by side:
+
+- ``train/...`` and ``val/dice`` per epoch, ``step`` = epoch (child);
+- ``test/<label>/<metric>``: the mean over the fold's held-out patients (child), or over all
+  patients pooled over the folds (parent). The parent also has ``_std``, ``_median``, ``_n``,
+  ``_fold_std`` (std of the fold means) and ``_p_vs_<scheme>`` (paired Wilcoxon test).
+
+Params are the resolved config's settings that define the trained model, flattened. They are
+immutable, as MLflow params are. The ``evaluate`` settings are tags, because a new evaluation
+of the same model may change them.
+
+**Nothing is lost.** Every event (params, tags, metrics, artifacts, status) is first appended
+to the run's journal, ``<folder>/tracking/<uid>/events.jsonl``. Artifacts are hard-linked (or
+copied) beside it. Only then is the event sent. When the tracking server or database cannot
+be reached, the command goes on, and the events stay in the journal. The next command that
+tracks the same run sends them, and so does ``adseg mlflow-sync``. Runs are found by tags
+(a uid per fold run, and scheme plus settings hash per parent), so sending twice does not
+make a second run, and MLflow drops a metric that is sent twice.
+
+**Parallel jobs.** Creating the experiment, the parent run and the sqlite tables is done
+under a file lock. The lock sits beside the sqlite file, or in the experiment's results
+folder for a server. Other writes rely on the store: sqlite waits on its busy timeout, and a
+write that still fails stays in the journal until the next flush.
+
+**Reruns.** A resumed training job (``--resume auto`` finding its checkpoint) continues its
+run and counts ``adseg.resumed``. A fresh start of a fold is a new run tagged
+``adseg.attempt`` and ``adseg.rerun_of``, and the run it replaces is tagged
+``adseg.superseded_by``. A parent made for changed settings is tagged in the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from adseg import __version__
+from adseg.config import experiment_dir
+from adseg.io import read_json, write_json
+from adseg.log import logger
+
+ENV_CONFIG = "ADSEG_WORKFLOW_CONFIG"
+"""Environment variable holding the workflow's whole resolved config as JSON (set by the
+Snakefile): jobs get only the config sections they use, but track under the whole config."""
+
+JOURNALS = "tracking"
+RETRY_AFTER_S = 30.0
+"""After a failed send, later sends of this process wait this long (unless forced)."""
+
+# An unreachable server must cost seconds, not MLflow's default minutes of HTTP retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+# error codes that retrying cannot fix: the event is reported and skipped
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"}
+EPOCH_METRICS = {
+    "loss_s": "train/loss_s",
+    "loss_ce": "train/loss_ce",
+    "loss_adv": "train/loss_adv",
+    "loss_d": "train/loss_d",
+    "d_real": "train/d_real",
+    "d_fake": "train/d_fake",
+    "grad_norm_s": "train/grad_norm_s",
+    "grad_norm_d": "train/grad_norm_d",
+    "lr_s": "train/lr_s",
+    "lr_d": "train/lr_d",
+    "seconds": "train/epoch_seconds",
+    "val_dice": "val/dice",
+}
+_down_until: dict[str, float] = {}
+_warned: set[str] = set()
+_stores: dict[str, _Store] = {}
+
+
+def tracking_config(config: dict) -> dict:
+    """The config runs are tracked under: the workflow's (see :data:`ENV_CONFIG`), else
+    ``config``."""
+    raw = os.environ.get(ENV_CONFIG)
+    return json.loads(raw) if raw else config
+
+
+def enabled(config: dict) -> bool:
+    return bool(tracking_config(config)["mlflow"]["enabled"])
+
+
+def tracking_uri(config: dict) -> str:
+    """``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else sqlite under results_dir."""
+    uri = config["mlflow"]["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(Path(config['results_dir']) / 'mlflow.db').resolve()}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def _lock_path(config: dict, uri: str) -> str:
+    db = _sqlite_path(uri)
+    folder = experiment_dir(config) if db is None else db.parent
+    return str((folder / f"{db.name if db else '.mlflow'}.lock").resolve())
+
+
+def model_settings(config: dict, scheme: str) -> dict:
+    """The settings that define a scheme's trained models: its runs' params and identity.
+
+    Left out: tracking and evaluation settings, the list of schemes, how many threads and
+    workers ran a job and on which device, and the discriminator's section for the schemes
+    without one.
+    """
+    out = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("mlflow", "evaluate")}
+    out.pop("schemes", None)
+    out.get("preprocess", {}).pop("workers", None)
+    for key in ("threads", "workers", "device"):
+        out.get("train", {}).pop(key, None)
+    if scheme not in ("adversarial", "hybrid"):
+        out.pop("adversarial", None)
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 0.001}}`` → ``{"train.lr": "0.001"}``; lists and null as JSON."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _git_commit() -> str | None:
+    """The commit of this adseg checkout (``-dirty`` with uncommitted changes), if it is one."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def _dataset_tag(config: dict) -> str:
+    d = config["dataset"]
+    if d["source"] == "synthetic":
+        s = d["synthetic"]
+        return f"synthetic ({s['n_patients']} patients, seed {s['seed']})"
+    return str(d["path"])
+
+
+def _common_tags(config: dict, scheme: str) -> dict[str, str]:
+    tags = {
+        "scheme": scheme,
+        "dataset": _dataset_tag(config),
+        "host": socket.gethostname(),
+        "adseg.version": __version__,
+        "adseg.experiment_dir": str(experiment_dir(config).resolve()),
+    }
+    commit = _git_commit()
+    if commit:
+        tags |= {"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
+    return tags
+
+
+def parent_ref(config: dict, scheme: str) -> dict:
+    """What identifies (and creates) a scheme's parent run."""
+    settings = model_settings(config, scheme)
+    uri = tracking_uri(config)
+    return {
+        "role": "parent",
+        "uri": uri,
+        "lock": _lock_path(config, uri),
+        "experiment": config["experiment"],
+        "artifact_root": _artifact_root(uri),
+        "scheme": scheme,
+        "config_hash": _digest(settings),
+        "run_name": scheme,
+        "params": flatten(settings) | {"scheme": scheme},
+        "tags": _common_tags(config, scheme),
+    }
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside its file (a server decides for itself)."""
+    db = _sqlite_path(uri)
+    return (db.parent / "mlartifacts").resolve().as_uri() if db else None
+
+
+# --- the journal --------------------------------------------------------------------------
+
+
+class Journal:
+    """One run's events, kept on disk until MLflow has them.
+
+    ``folder`` holds ``ref.json`` (what identifies the run), ``events.jsonl`` (one event per
+    line, appended and fsynced), ``state.json`` (the MLflow run id and how many events were
+    sent) and ``blobs/`` (artifacts waiting to be uploaded).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.dir = Path(folder)
+        self.ref = read_json(self.dir / "ref.json")
+        self._lock = FileLock(str(self.dir / ".lock"), timeout=300)
+
+    @classmethod
+    def create(cls, folder: Path, ref: dict) -> Journal:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "ref.json", ref)
+        return cls(folder)
+
+    @property
+    def events_file(self) -> Path:
+        return self.dir / "events.jsonl"
+
+    def append(self, op: str, **data: Any) -> None:
+        line = json.dumps({"op": op, "time": int(time.time() * 1000), **data}, allow_nan=True)
+        with open(self.events_file, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        clean = {k: float(v) for k, v in values.items() if v is not None}
+        if clean:
+            self.append("metrics", metrics=clean, step=step)
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        self.append("tags", tags={k: str(v) for k, v in tags.items()})
+
+    def status(self, status: str) -> None:
+        self.append("status", status=status)
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Keep a copy of ``path`` (a hard link where possible) and log it when sending.
+
+        The copy is taken now: a file rewritten later (a retrained checkpoint) does not change
+        what this run gets.
+        """
+        path = Path(path)
+        if not path.is_file():
+            logger.warning("not logged to MLflow: %s does not exist", path)
+            return
+        blob = self.dir / "blobs" / uuid.uuid4().hex[:12] / path.name
+        blob.parent.mkdir(parents=True)
+        try:
+            os.link(path, blob)
+        except OSError:
+            shutil.copy2(path, blob)
+        self.append("artifact", blob=str(blob.relative_to(self.dir)), artifact_path=artifact_path)
+
+    def events(self) -> list[dict]:
+        out = []
+        if not self.events_file.is_file():
+            return out
+        for line in self.events_file.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash: nothing after it was written
+        return out
+
+    def state(self) -> dict:
+        path = self.dir / "state.json"
+        return read_json(path) if path.is_file() else {"uri": None, "run_id": None, "sent": 0}
+
+    def pending(self) -> int:
+        return len(self.events()) - self.state()["sent"]
+
+    def run_id(self) -> str | None:
+        return self.state()["run_id"]
+
+    def flush(self, force: bool = False, uri: str | None = None) -> int:
+        """Send the events not sent yet; return how many are still pending.
+
+        Never raises for an unreachable store: the events stay, and the first failure per
+        store is reported once. ``uri`` sends to another store than the one recorded (the
+        run is then found or made there, and every event is sent again).
+        """
+        uri = uri or self.ref["uri"]
+        with self._lock:
+            events, state = self.events(), self.state()
+            if state["uri"] != uri:
+                state = {"uri": uri, "run_id": None, "sent": 0}
+            if state["sent"] >= len(events):
+                return 0
+            if not force and _down_until.get(uri, 0.0) > time.monotonic():
+                return len(events) - state["sent"]
+            try:
+                store = _store(uri, self.ref["lock"])
+                if state["run_id"] is None:
+                    state["run_id"] = store.resolve(self.ref)
+                    write_json(self.dir / "state.json", state)
+                while state["sent"] < len(events):
+                    n = store.send(state["run_id"], events[state["sent"] :], self.dir)
+                    state["sent"] += n
+                    write_json(self.dir / "state.json", state)
+            except Exception as err:  # noqa: BLE001 - any failure keeps the events for later
+                _down_until[uri] = time.monotonic() + RETRY_AFTER_S
+                if uri not in _warned:
+                    _warned.add(uri)
+                    logger.warning(
+                        "MLflow tracking at %s failed (%s); work goes on and events are kept "
+                        "in %s (sent by the next run or `adseg mlflow-sync`)",
+                        uri,
+                        _short(err),
+                        self.dir,
+                    )
+            else:
+                _down_until.pop(uri, None)
+            return len(events) - state["sent"]
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def current_journal(folder: str | Path) -> Journal | None:
+    """The journal of the run a model folder (or scheme folder) currently belongs to."""
+    pointer = Path(folder) / JOURNALS / "current"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return Journal(path) if (path / "ref.json").is_file() else None
+
+
+def _set_current(folder: Path, journal: Journal) -> None:
+    from adseg.io import write_text
+
+    write_text(folder / JOURNALS / "current", journal.dir.name + "\n")
+
+
+def journals_under(*paths: str | Path) -> list[Journal]:
+    """Every journal in these folders (recursively), fold runs before parents."""
+    found = {p.parent for root in paths for p in Path(root).rglob(f"{JOURNALS}/*/ref.json")}
+    journals = [Journal(d) for d in sorted(found)]
+    return sorted(journals, key=lambda j: j.ref["role"] == "parent")
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class _Store:
+    """An MLflow client for one tracking URI, with the lock that orders creations."""
+
+    def __init__(self, uri: str, lock: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.lock = FileLock(lock, timeout=300)
+        db = _sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:  # one process creates the sqlite tables
+            self.client = MlflowClient(tracking_uri=uri)
+            self.client.search_experiments(max_results=1)
+
+    def experiment_id(self, name: str, artifact_root: str | None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            with self.lock:
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    return self.client.create_experiment(name, artifact_location=artifact_root)
+        if exp.lifecycle_stage != "active":
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException(
+                f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments "
+                "restore) or remove it for good (mlflow gc)",
+                error_code="INVALID_PARAMETER_VALUE",
+            )
+        return exp.experiment_id
+
+    def _search(self, exp_id: str, where: dict[str, str]) -> list:
+        text = " and ".join(f"tags.`{k}` = '{v}'" for k, v in where.items())
+        return self.client.search_runs(
+            [exp_id], filter_string=text, order_by=["attributes.start_time ASC"]
+        )
+
+    def _create(self, exp_id: str, ref: dict, tags: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(exp_id, run_name=ref["run_name"], tags=tags)
+        run_id = run.info.run_id
+        params = [Param(k, v) for k, v in ref["params"].items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        return run_id
+
+    def _supersede(self, new_id: str, old: list) -> None:
+        for run in old:
+            if "adseg.superseded_by" not in run.data.tags:
+                self.client.set_tag(run.info.run_id, "adseg.superseded_by", new_id)
+
+    def parent(self, exp_id: str, ref: dict) -> str:
+        key = {"adseg.role": "parent", "scheme": ref["scheme"]}
+        mine = key | {"adseg.config_hash": ref["config_hash"]}
+        found = self._search(exp_id, mine)
+        if found:
+            return found[0].info.run_id
+        with self.lock:
+            found = self._search(exp_id, mine)
+            if found:
+                return found[0].info.run_id
+            older = self._search(exp_id, key)
+            tags = ref["tags"] | mine
+            if older:
+                tags["adseg.supersedes"] = ",".join(r.info.run_id for r in older)
+            run_id = self._create(exp_id, ref, tags)
+            self._supersede(run_id, older)
+            return run_id
+
+    def fold(self, exp_id: str, ref: dict) -> str:
+        mine = {"adseg.uid": ref["uid"]}
+        found = self._search(exp_id, mine)
+        if found:
+            return found[0].info.run_id
+        parent_id = self.parent(exp_id, ref["parent"])
+        with self.lock:
+            found = self._search(exp_id, mine)
+            if found:
+                return found[0].info.run_id
+            siblings = self._search(
+                exp_id, {"mlflow.parentRunId": parent_id, "fold": str(ref["fold"])}
+            )
+            tags = ref["tags"] | mine | {"mlflow.parentRunId": parent_id, "adseg.role": "fold"}
+            tags["adseg.attempt"] = str(len(siblings) + 1)
+            if siblings:
+                tags["adseg.rerun_of"] = siblings[-1].info.run_id
+            run_id = self._create(exp_id, ref, tags)
+            self._supersede(run_id, siblings)
+            return run_id
+
+    def resolve(self, ref: dict) -> str:
+        """The run id of ``ref``: found by its tags, or created."""
+        exp_id = self.experiment_id(ref["experiment"], ref["artifact_root"])
+        return self.parent(exp_id, ref) if ref["role"] == "parent" else self.fold(exp_id, ref)
+
+    def send(self, run_id: str, events: list[dict], folder: Path) -> int:
+        """Send the first event of ``events`` (or a run of metric events as one batch)."""
+        from mlflow.entities import Metric, RunTag
+        from mlflow.exceptions import MlflowException
+
+        first = events[0]
+        n = 1
+        try:
+            if first["op"] == "metrics":
+                n = max(1, _metric_events_fitting(events))
+                batch = [
+                    Metric(k, v, e["time"], e["step"])
+                    for e in events[:n]
+                    for k, v in e["metrics"].items()
+                ]
+                for i in range(0, len(batch), 900):  # MLflow takes 1000 metrics per batch
+                    self.client.log_batch(run_id, metrics=batch[i : i + 900])
+            elif first["op"] == "tags":
+                tags = [RunTag(k, v) for k, v in first["tags"].items()]
+                self.client.log_batch(run_id, tags=tags)
+            elif first["op"] == "artifact":
+                blob = folder / first["blob"]
+                if blob.is_file():
+                    self.client.log_artifact(run_id, str(blob), first["artifact_path"])
+                    shutil.rmtree(blob.parent, ignore_errors=True)
+                else:
+                    logger.warning("MLflow artifact %s is gone; not logged", blob)
+            elif first["op"] == "status":
+                if first["status"] == "RUNNING":
+                    self.client.update_run(run_id, status="RUNNING")
+                else:
+                    self.client.set_terminated(run_id, first["status"], end_time=first["time"])
+        except MlflowException as err:
+            if err.error_code not in PERMANENT:
+                raise
+            logger.warning("MLflow refused a %s event of run %s: %s", first["op"], run_id, err)
+        return n
+
+
+def _metric_events_fitting(events: list[dict], limit: int = 900) -> int:
+    """How many leading metric events fit in one MLflow batch (at most 1000 metrics)."""
+    total = 0
+    for i, e in enumerate(events):
+        if e["op"] != "metrics":
+            return i
+        total += len(e["metrics"])
+        if total > limit:
+            return i
+    return len(events)
+
+
+def _store(uri: str, lock: str) -> _Store:
+    if uri not in _stores:
+        _stores[uri] = _Store(uri, lock)
+    return _stores[uri]
+
+
+# --- what the commands log ----------------------------------------------------------------
+
+
+def new_fold_journal(config: dict, scheme: str, fold: int, out: Path, tags: dict) -> Journal:
+    """A new run for fold ``fold`` of ``scheme`` whose model folder is ``out``; it becomes
+    the folder's current run."""
+    parent = parent_ref(config, scheme)
+    uid = uuid.uuid4().hex
+    ref = {
+        "role": "fold",
+        "uid": uid,
+        "uri": parent["uri"],
+        "lock": parent["lock"],
+        "experiment": parent["experiment"],
+        "artifact_root": parent["artifact_root"],
+        "fold": fold,
+        "run_name": f"{scheme} fold {fold}",
+        "params": parent["params"] | {"fold": str(fold)},
+        "tags": parent["tags"]
+        | {"fold": str(fold), "adseg.model_dir": str(out.resolve())}
+        | {k: str(v) for k, v in tags.items()},
+        "parent": parent,
+    }
+    journal = Journal.create(out / JOURNALS / uid, ref)
+    _set_current(out, journal)
+    return journal
+
+
+class FoldRun:
+    """The MLflow run of one trained fold; :func:`adseg.train.train_fold` calls its hooks."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = tracking_config(config)
+        self.journal: Journal | None = None
+
+    def start(self, job, resumed_after: int | None, device, splits: Path) -> None:
+        """Continue the fold's run when training resumes (after epoch ``resumed_after``),
+        else begin a new one."""
+        folder = Path(job.out)
+        parent = parent_ref(self.config, job.scheme)
+        journal = current_journal(folder)
+        for old in journals_under(folder):
+            old.flush()  # whatever an earlier, interrupted command left
+        if (
+            resumed_after is not None
+            and journal is not None
+            and journal.ref["parent"]["config_hash"] == parent["config_hash"]
+        ):
+            self.journal = journal
+            count = int(journal.ref.get("resumed", 0)) + 1
+            journal.ref["resumed"] = count
+            write_json(journal.dir / "ref.json", journal.ref)
+            journal.tags({"adseg.resumed": count, "adseg.resumed_after_epoch": resumed_after})
+            journal.status("RUNNING")
+        else:
+            self.journal = self._new(job, parent, device, splits)
+        self.journal.flush(force=True)
+
+    def _new(self, job, parent: dict, device, splits: Path) -> Journal:
+        dataset = read_json(job.preprocessed / "dataset.json")["cases"]
+        cases = job.spec["train_cases"] + job.spec["val_cases"]
+        tags = {
+            "domain": "+".join(sorted({dataset[c]["domain"] for c in cases})),
+            "device": _device_name(device),
+        }
+        journal = new_fold_journal(self.config, job.scheme, job.fold, Path(job.out), tags)
+        for name in ("config.yaml", "plans.json"):
+            journal.artifact(Path(job.out) / name, "model")
+        journal.artifact(splits, "data")
+        return journal
+
+    def epoch(self, row: dict, lr_d: float | None) -> None:
+        """One epoch's row of ``training_log.tsv`` as metrics at step = epoch."""
+        values = {EPOCH_METRICS[k]: v for k, v in row.items() if k in EPOCH_METRICS}
+        if lr_d is not None:
+            values["train/lr_d"] = lr_d
+        self.journal.metrics(values, step=row["epoch"])
+        self.journal.flush()
+
+    def finish(self, spec: dict) -> None:
+        """The model folder and its figures as artifacts; the run FINISHED."""
+        out = Path(self.journal.ref["tags"]["adseg.model_dir"])
+        final = {
+            "train/epochs_trained": spec["epochs_trained"],
+            "val/best_dice": spec["best_val_dice"],
+            "val/best_epoch": spec["best_epoch"] or None,
+            "quality_threshold": spec.get("quality_threshold"),
+        }
+        self.journal.metrics(final, step=spec["epochs_trained"])
+        for name in ("model.json", "plans.json", "config.yaml", "checkpoint_final.pt"):
+            self.journal.artifact(out / name, "model")
+        self.journal.artifact(out / "learning_curves.png", "training")
+        self.journal.artifact(out / "training_log.tsv", "training")
+        self.journal.status("FINISHED")
+        self.report(self.journal.flush(force=True))
+
+    def fail(self, error: Exception) -> None:
+        out = Path(self.journal.ref["tags"]["adseg.model_dir"])
+        self.journal.tags({"adseg.error": str(error)[:4000]})
+        self.journal.artifact(out / "training_log.tsv", "training")
+        self.journal.status("FAILED")
+        self.report(self.journal.flush(force=True))
+
+    def report(self, pending: int) -> None:
+        report_pending(pending, self.journal)
+
+
+def report_pending(pending: int, journal: Journal) -> None:
+    if pending:
+        logger.warning(
+            "%d MLflow events of %s not sent (%s unreachable); they are kept in %s. Send "
+            "them with: adseg mlflow-sync %s",
+            pending,
+            journal.ref["run_name"],
+            journal.ref["uri"],
+            journal.dir,
+            journal.dir.parent.parent,
+        )
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _nanmean(values: list[float]) -> float | None:
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else None
+
+
+def log_evaluation(fold_dir: str | Path, rows: list[dict], files: list[Path], settings: dict):
+    """A fold's test metrics (means over its held-out patients) and files on its run."""
+    from adseg.summary import DERIVED, per_patient
+
+    journal = current_journal(fold_dir)
+    if journal is None:
+        logger.info("%s has no MLflow run (trained without tracking); not logged", fold_dir)
+        return
+    patients = per_patient(rows)
+    values = {}
+    for label in sorted({k[0] for k in patients}):
+        mine = [v for k, v in patients.items() if k[0] == label]
+        for m in DERIVED:
+            values[f"test/{label}/{m}"] = _nanmean([float(p[m]) for p in mine])
+        values[f"test/{label}/n_patients"] = len(mine)
+    journal.metrics(values)
+    journal.tags({f"evaluate.{k}": json.dumps(v) for k, v in settings.items()})
+    for path in files:
+        journal.artifact(path, "evaluation/overlays" if path.suffix == ".png" else "evaluation")
+    report_pending(journal.flush(force=True), journal)
+
+
+def log_summary(exp_dir: str | Path, metric_files: list[Path], config: dict) -> None:
+    """Each scheme's parent run: pooled statistics, fold spread, p-values and the summary files.
+
+    Sends first whatever fold runs of the experiment still hold.
+    """
+    from adseg.qc import read_tsv
+
+    exp_dir = Path(exp_dir)
+    for journal in journals_under(*{Path(f).parent for f in metric_files}):
+        journal.flush(force=True)
+    stats = read_tsv(exp_dir / "summary.tsv")
+    tests = read_tsv(exp_dir / "tests.tsv")
+    parents: dict[str, dict] = {}
+    for f in metric_files:
+        fold_journal = current_journal(Path(f).parent)
+        if fold_journal is not None:
+            ref = fold_journal.ref["parent"]
+            parents.setdefault(ref["scheme"], ref)
+    for scheme, ref in parents.items():
+        folder = exp_dir / scheme / JOURNALS / f"parent-{ref['config_hash']}"
+        if (folder / "ref.json").is_file():
+            journal = Journal(folder)
+        else:
+            journal = Journal.create(folder, ref)
+        journal.metrics(_parent_metrics(scheme, stats, tests))
+        for name in ("summary.md", "summary.tsv", "tests.tsv"):
+            journal.artifact(exp_dir / name, "summary")
+        for plot in sorted((exp_dir / "plots").glob("*.png")):
+            journal.artifact(plot, "summary/plots")
+        journal.status("FINISHED")
+        report_pending(journal.flush(force=True), journal)
+
+
+def _parent_metrics(scheme: str, stats: list[dict], tests: list[dict]) -> dict[str, float]:
+    def num(v: str) -> float | None:
+        return None if v in ("", "nan") else float(v)
+
+    values: dict[str, float | None] = {}
+    fold_means: dict[str, list[float]] = {}
+    for s in stats:
+        if s["scheme"] != scheme:
+            continue
+        name = f"test/{s['label']}/{s['metric']}"
+        if s["fold"] == "all":
+            values[name] = num(s["mean"])
+            values[f"{name}_std"] = num(s["std"])
+            values[f"{name}_median"] = num(s["median"])
+            values[f"{name}_n"] = float(s["n"])
+        elif num(s["mean"]) is not None:
+            fold_means.setdefault(name, []).append(float(s["mean"]))
+    for name, means in fold_means.items():
+        m = sum(means) / len(means)
+        values[f"{name}_fold_mean"] = m
+        if len(means) > 1:
+            values[f"{name}_fold_std"] = math.sqrt(
+                sum((x - m) ** 2 for x in means) / (len(means) - 1)
+            )
+    for t in tests:
+        if scheme in (t["scheme_a"], t["scheme_b"]):
+            other = t["scheme_b"] if t["scheme_a"] == scheme else t["scheme_a"]
+            values[f"test/{t['label']}/{t['metric']}_p_vs_{other}"] = num(t["p"])
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def sync(paths: list[str | Path], uri: str | None = None) -> tuple[int, int, int]:
+    """Send what the journals under ``paths`` hold; (journals, events sent, events pending)."""
+    journals = journals_under(*paths)
+    sent = pending = 0
+    for journal in journals:
+        before = journal.pending() if uri is None else len(journal.events())
+        left = journal.flush(force=True, uri=uri)
+        sent += before - left
+        pending += left
+    return len(journals), sent, pending
