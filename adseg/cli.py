@@ -405,7 +405,7 @@ def _mlflow_sync(args) -> None:
     if not runs:
         where = ", ".join(map(str, args.paths))
         raise UserError(f"no MLflow journals (tracking/*/ref.json) under {where}")
-    logger.info("%d runs: %d events sent, %d pending", runs, sent, pending)
+    logger.info("sent %d events of %d runs; %d pending", sent, runs, pending)
     if pending:
         raise UserError(f"{pending} events could not be sent; the tracking store is unreachable")
 

@@ -298,8 +298,12 @@ class Journal:
         path = self.dir / "state.json"
         return read_json(path) if path.is_file() else {"uri": None, "run_id": None, "sent": 0}
 
-    def pending(self) -> int:
-        return len(self.events()) - self.state()["sent"]
+    def pending(self, uri: str | None = None) -> int:
+        """Events not yet in the run's store (or in store ``uri``)."""
+        state = self.state()
+        if uri is not None and state["uri"] != uri:
+            return len(self.events())
+        return len(self.events()) - state["sent"]
 
     def run_id(self) -> str | None:
         return self.state()["run_id"]
@@ -753,7 +757,7 @@ def sync(paths: list[str | Path], uri: str | None = None) -> tuple[int, int, int
     journals = journals_under(*paths)
     sent = pending = 0
     for journal in journals:
-        before = journal.pending() if uri is None else len(journal.events())
+        before = journal.pending(uri)
         left = journal.flush(force=True, uri=uri)
         sent += before - left
         pending += left

@@ -322,7 +322,8 @@ def _cli(tiny_experiment, out, *extra) -> list[str]:
 
 def test_killed_run_resumes_from_its_checkpoint(tiny_experiment, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": store}
     done = subprocess.run(_cli(tiny_experiment, straight), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     proc = subprocess.Popen(_cli(tiny_experiment, killed), env=env, stderr=subprocess.PIPE)
@@ -346,6 +347,19 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_experiment, tmp_path):
     a = torch.load(straight / "checkpoint_final.pt", weights_only=True)["segmentor"]
     b = torch.load(killed / "checkpoint_final.pt", weights_only=True)["segmentor"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed job continued its MLflow run: one run, every epoch, resumption in its tags
+    from mlflow.tracking import MlflowClient
+
+    from adseg.tracking import current_journal
+
+    client = MlflowClient(store)
+    run = client.get_run(current_journal(killed).run_id())
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["adseg.resumed"] == "1"
+    assert run.data.tags["adseg.resumed_after_epoch"] == str(epochs_before)
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss_s")}
+    assert steps == set(range(1, 7))
+    assert len(client.search_runs([run.info.experiment_id])) == 3  # a parent, two folds
 
 
 @pytest.mark.parametrize(

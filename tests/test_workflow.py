@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(*args: str, timeout: int = 900, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -31,7 +33,9 @@ def test_tiny_workflow_end_to_end(tmp_path):
         "--config",
         f"results_dir={results}",
     ]
-    run = snakemake(*args)
+    # the default store: sqlite under results_dir
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    run = snakemake(*args, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     exp = results / "tiny"
     validation = json.loads((exp / "validation.json").read_text())
@@ -65,6 +69,21 @@ def test_tiny_workflow_end_to_end(tmp_path):
         assert name in summary
     assert (exp / "plots" / "lesion_dice.png").is_file()
     assert f"results table in {exp / 'summary.md'}" in run.stdout + run.stderr
+    # MLflow: 6 fold jobs, 2 at a time, into one store; each scheme a parent of its folds
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = {r.data.tags["scheme"]: r for r in runs if r.data.tags["adseg.role"] == "parent"}
+    folds = [r for r in runs if r.data.tags["adseg.role"] == "fold"]
+    assert sorted(parents) == ["adversarial", "ce", "hybrid"] and len(folds) == 6
+    for run_ in folds:
+        parent = parents[run_.data.tags["scheme"]]
+        assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run_.info.status == "FINISHED" and "test/lesion/dice" in run_.data.metrics
+        assert len(client.get_metric_history(run_.info.run_id, "train/loss_s")) == 2
+        # params: the workflow's whole config, though the job got only its sections
+        assert run_.data.params["dataset.synthetic.n_patients"] == "8"
+    assert parents["hybrid"].info.status == "FINISHED"
+    assert "test/lesion/dice_p_vs_ce" in parents["hybrid"].data.metrics
     again = snakemake(*args, "--dry-run")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
