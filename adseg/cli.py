@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -315,6 +316,9 @@ def _train(args) -> None:
     tracker = None
     if tracking.enabled(config):
         tracker = tracking.FoldRun(config)
+    # a scheduler's SIGTERM (a job's time limit) ends training like Ctrl-C: the last
+    # checkpoint stays for --resume, and the MLflow run is marked KILLED
+    signal.signal(signal.SIGTERM, _terminated)
     spec = train_fold(
         config,
         args.scheme,
@@ -336,6 +340,10 @@ def _train(args) -> None:
     )
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _evaluate(args) -> None:
     from adseg import tracking
     from adseg.evaluate import METRIC_COLUMNS, evaluate_fold
@@ -352,12 +360,12 @@ def _evaluate(args) -> None:
         ev["min_overlap"],
         pick_device(config["train"]["device"]),
         not args.no_progress,
-        overlays=args.out.parent / "overlays",
+        overlays=args.model / "overlays",
     )
     write_tsv(args.out, rows, METRIC_COLUMNS)
     logger.info("wrote metrics of %d case-label pairs to %s", len(rows), args.out)
     if tracking.enabled(config):
-        overlays = sorted((args.out.parent / "overlays").glob("*.png"))
+        overlays = sorted((args.model / "overlays").glob("*.png"))
         tracking.log_evaluation(args.model, rows, [args.out, *overlays], ev)
 
 

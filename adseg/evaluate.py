@@ -82,7 +82,7 @@ def evaluate_fold(
         pred, _ = to_grid(probs, Grid.from_dict(props["final_grid"]), Grid.of(truth_img))
         truth = sitk.GetArrayFromImage(truth_img)
         if overlays is not None:
-            masks[case_id] = (truth, pred)
+            masks[case_id] = pred.astype("uint8")
         spacing_zyx = truth_img.GetSpacing()[::-1]
         meta = dataset["cases"][case_id]
         for value in sorted(names):
@@ -102,32 +102,39 @@ def evaluate_fold(
             )
         logger.debug("%s evaluated in %.1f s", case_id, time.perf_counter() - t0)
     if overlays is not None and rows:
-        write_overlays(rows, masks, originals, Path(overlays), spec)
+        try:
+            write_overlays(rows, masks, originals, Path(overlays), spec)
+        except Exception as err:  # noqa: BLE001 - a figure must not cost the metrics
+            logger.warning("overlays not drawn: %s", err)
     return rows
 
 
 def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Path]:
-    """PNGs of the best, median and worst case by the first foreground label's Dice."""
+    """``best.png``, ``median.png`` and ``worst.png``: the held-out cases ranked by the first
+    foreground label's Dice, among those with an expert lesion (all, if none has one).
+
+    Fixed names: a new evaluation replaces the figures of the last one.
+    """
     from adseg.plots import overlay
 
     first = next(r["label"] for r in rows)
-    ranked = sorted((r for r in rows if r["label"] == first), key=lambda r: -r["dice"])
+    ranked = [r for r in rows if r["label"] == first]
+    with_lesion = [r for r in ranked if r["volume_true_ml"] > 0]
+    ranked = sorted(with_lesion or ranked, key=lambda r: -r["dice"])
     picks = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]}
-    for old in folder.glob("*.png"):  # an earlier evaluation's picks
-        old.unlink()
     written = []
     for rank, row in picks.items():
-        truth, pred = masks[row["case_id"]]
-        image = read_channel(originals[row["case_id"]].channels[0])
-        array = sitk.GetArrayFromImage(image)
-        if array.shape != truth.shape:
+        pred = masks[row["case_id"]]
+        truth = sitk.GetArrayFromImage(read_label(originals[row["case_id"]].label))
+        image = sitk.GetArrayFromImage(read_channel(originals[row["case_id"]].channels[0]))
+        if image.shape != truth.shape:
             continue  # validation refuses such cases; nothing to draw on
-        path = folder / f"{rank}_{row['case_id']}.png"
+        path = folder / f"{rank}.png"
         title = (
             f"{spec['scheme']} fold {spec['fold']}, {rank}: {row['case_id']} "
             f"({first} Dice {row['dice']:.2f})"
         )
-        overlay(array, truth, pred, path, title)
+        overlay(image, truth, pred, path, title)
         written.append(path)
     return written
 

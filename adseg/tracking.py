@@ -36,10 +36,12 @@ run and counts ``adseg.resumed``. A fresh start of a fold is a new run tagged
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -48,7 +50,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from adseg import __version__
 from adseg.config import experiment_dir
@@ -61,12 +63,13 @@ Snakefile): jobs get only the config sections they use, but track under the whol
 
 JOURNALS = "tracking"
 RETRY_AFTER_S = 30.0
-"""After a failed send, later sends of this process wait this long (unless forced)."""
+"""After a failed send, this process's unforced sends to that store wait this long, doubling
+with every further failure (up to 10 minutes)."""
 
-# An unreachable server must cost seconds, not MLflow's default minutes of HTTP retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# An unreachable server must cost seconds, not MLflow's default minutes of HTTP retries: a
+# failed send is retried by the journal anyway.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 # error codes that retrying cannot fix: the event is reported and skipped
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"}
@@ -85,7 +88,14 @@ EPOCH_METRICS = {
     "val_dice": "val/dice",
 }
 _down_until: dict[str, float] = {}
+_failures: dict[str, int] = {}
 _warned: set[str] = set()
+# settings that do not change a trained model (a resumed checkpoint may differ in them, see
+# adseg.train.fingerprint): params, but not part of a parent run's identity
+RUNTIME = {
+    "train": ("threads", "workers", "device", "amp", "val_every"),
+    "preprocess": ("workers",),
+}
 _stores: dict[str, _Store] = {}
 
 
@@ -103,9 +113,11 @@ def enabled(config: dict) -> bool:
 def tracking_uri(config: dict) -> str:
     """``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else sqlite under results_dir."""
     uri = config["mlflow"]["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{(Path(config['results_dir']) / 'mlflow.db').resolve()}"
+    if not uri:
+        return f"sqlite:///{(Path(config['results_dir']) / 'mlflow.db').resolve()}"
+    db = _sqlite_path(uri)
+    # a relative sqlite path would name another file when a job or sync runs elsewhere
+    return f"sqlite:///{db.resolve()}" if db is not None else uri
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -119,20 +131,23 @@ def _lock_path(config: dict, uri: str) -> str:
 
 
 def model_settings(config: dict, scheme: str) -> dict:
-    """The settings that define a scheme's trained models: its runs' params and identity.
-
-    Left out: tracking and evaluation settings, the list of schemes, how many threads and
-    workers ran a job and on which device, and the discriminator's section for the schemes
-    without one.
-    """
+    """A scheme's settings as run params: the resolved config without the tracking and
+    evaluation sections, the list of schemes, and (for schemes without a discriminator) the
+    discriminator's section."""
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("mlflow", "evaluate")}
     out.pop("schemes", None)
-    out.get("preprocess", {}).pop("workers", None)
-    for key in ("threads", "workers", "device"):
-        out.get("train", {}).pop(key, None)
     if scheme not in ("adversarial", "hybrid"):
         out.pop("adversarial", None)
     return out
+
+
+def settings_hash(settings: dict) -> str:
+    """What identifies a parent run: the settings less the :data:`RUNTIME` ones."""
+    key = copy.deepcopy(settings)
+    for section, names in RUNTIME.items():
+        for name in names:
+            key.get(section, {}).pop(name, None)
+    return _digest(key)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -206,9 +221,8 @@ def parent_ref(config: dict, scheme: str) -> dict:
         "uri": uri,
         "lock": _lock_path(config, uri),
         "experiment": config["experiment"],
-        "artifact_root": _artifact_root(uri),
         "scheme": scheme,
-        "config_hash": _digest(settings),
+        "config_hash": settings_hash(settings),
         "run_name": scheme,
         "params": flatten(settings) | {"scheme": scheme},
         "tags": _common_tags(config, scheme),
@@ -228,14 +242,14 @@ class Journal:
     """One run's events, kept on disk until MLflow has them.
 
     ``folder`` holds ``ref.json`` (what identifies the run), ``events.jsonl`` (one event per
-    line, appended and fsynced), ``state.json`` (the MLflow run id and how many events were
-    sent) and ``blobs/`` (artifacts waiting to be uploaded).
+    line, appended and fsynced), ``state.json`` (per store: the MLflow run id and how many
+    events it has) and ``blobs/`` (artifacts waiting to be uploaded).
     """
 
     def __init__(self, folder: Path) -> None:
         self.dir = Path(folder)
         self.ref = read_json(self.dir / "ref.json")
-        self._lock = FileLock(str(self.dir / ".lock"), timeout=300)
+        self._lock = FileLock(str(self.dir / ".lock"))
 
     @classmethod
     def create(cls, folder: Path, ref: dict) -> Journal:
@@ -249,8 +263,13 @@ class Journal:
 
     def append(self, op: str, **data: Any) -> None:
         line = json.dumps({"op": op, "time": int(time.time() * 1000), **data}, allow_nan=True)
-        with open(self.events_file, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        with open(self.events_file, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut short by a crash stays a line of its own
+                    line = "\n" + line
+            f.write((line + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
 
@@ -264,6 +283,13 @@ class Journal:
 
     def status(self, status: str) -> None:
         self.append("status", status=status)
+
+    def last_status(self) -> str | None:
+        return next((e["status"] for e in reversed(self.events()) if e["op"] == "status"), None)
+
+    def count_tag(self, key: str) -> int:
+        """How many times tag ``key`` was set (an evaluation or summary counter)."""
+        return sum(1 for e in self.events() if e["op"] == "tags" and key in e["tags"])
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Keep a copy of ``path`` (a hard link where possible) and log it when sending.
@@ -284,6 +310,8 @@ class Journal:
         self.append("artifact", blob=str(blob.relative_to(self.dir)), artifact_path=artifact_path)
 
     def events(self) -> list[dict]:
+        """The events in order; a line cut short by a crash is skipped (it stays skipped, so
+        positions do not move)."""
         out = []
         if not self.events_file.is_file():
             return out
@@ -291,62 +319,95 @@ class Journal:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a line cut short by a crash: nothing after it was written
+                continue
         return out
 
-    def state(self) -> dict:
+    def state(self, uri: str | None = None) -> dict:
+        """``{"run_id", "sent"}`` of the run in store ``uri`` (default: the run's own)."""
         path = self.dir / "state.json"
-        return read_json(path) if path.is_file() else {"uri": None, "run_id": None, "sent": 0}
+        stores = read_json(path) if path.is_file() else {}
+        return stores.get(uri or self.ref["uri"], {"run_id": None, "sent": 0})
+
+    def _save_state(self, uri: str, state: dict) -> None:
+        path = self.dir / "state.json"
+        stores = read_json(path) if path.is_file() else {}
+        write_json(path, stores | {uri: state})
 
     def pending(self, uri: str | None = None) -> int:
         """Events not yet in the run's store (or in store ``uri``)."""
-        state = self.state()
-        if uri is not None and state["uri"] != uri:
-            return len(self.events())
-        return len(self.events()) - state["sent"]
+        return len(self.events()) - self.state(uri)["sent"]
 
-    def run_id(self) -> str | None:
-        return self.state()["run_id"]
+    def run_id(self, uri: str | None = None) -> str | None:
+        return self.state(uri)["run_id"]
 
     def flush(self, force: bool = False, uri: str | None = None) -> int:
         """Send the events not sent yet; return how many are still pending.
 
-        Never raises for an unreachable store: the events stay, and the first failure per
-        store is reported once. ``uri`` sends to another store than the one recorded (the
-        run is then found or made there, and every event is sent again).
+        Never raises: when the store cannot be reached the events stay, and the first failure
+        per store is reported once. Unforced, it does not wait for a store that failed lately
+        nor for another process sending this journal. ``uri`` sends to another store than the
+        run's own (the run is found or made there, and gets every event).
         """
         uri = uri or self.ref["uri"]
-        with self._lock:
-            events, state = self.events(), self.state()
-            if state["uri"] != uri:
-                state = {"uri": uri, "run_id": None, "sent": 0}
-            if state["sent"] >= len(events):
-                return 0
-            if not force and _down_until.get(uri, 0.0) > time.monotonic():
-                return len(events) - state["sent"]
-            try:
-                store = _store(uri, self.ref["lock"])
-                if state["run_id"] is None:
-                    state["run_id"] = store.resolve(self.ref)
-                    write_json(self.dir / "state.json", state)
-                while state["sent"] < len(events):
-                    n = store.send(state["run_id"], events[state["sent"] :], self.dir)
-                    state["sent"] += n
-                    write_json(self.dir / "state.json", state)
-            except Exception as err:  # noqa: BLE001 - any failure keeps the events for later
-                _down_until[uri] = time.monotonic() + RETRY_AFTER_S
-                if uri not in _warned:
-                    _warned.add(uri)
-                    logger.warning(
-                        "MLflow tracking at %s failed (%s); work goes on and events are kept "
-                        "in %s (sent by the next run or `adseg mlflow-sync`)",
-                        uri,
-                        _short(err),
-                        self.dir,
-                    )
-            else:
-                _down_until.pop(uri, None)
-            return len(events) - state["sent"]
+        if not force and _down_until.get(uri, 0.0) > time.monotonic():
+            return self.pending(uri)
+        try:
+            with self._lock.acquire(timeout=120 if force else 0):
+                return self._send_pending(uri)
+        except Timeout:
+            return self.pending(uri)
+
+    def _send_pending(self, uri: str) -> int:
+        events, state = self.events(), self.state(uri)
+        if state["sent"] >= len(events):
+            return 0
+        try:
+            store = _store(uri, self.ref["lock"])
+            if state["run_id"] is None:
+                state["run_id"] = store.resolve(self.ref)
+                self._save_state(uri, state)
+            while state["sent"] < len(events):
+                try:
+                    n = store.send(state["run_id"], events[state["sent"] :], self.dir, uri)
+                except _RunGone as gone:
+                    if gone.deleted:
+                        logger.warning(
+                            "MLflow run %s (%s) was deleted; its %d remaining events are not sent",
+                            state["run_id"],
+                            self.ref["run_name"],
+                            len(events) - state["sent"],
+                        )
+                        n = len(events) - state["sent"]
+                    else:  # the store lost it (a new database): make the run anew, resend all
+                        logger.warning(
+                            "MLflow run %s is gone from %s; logging it anew", state["run_id"], uri
+                        )
+                        state = {"run_id": store.resolve(self.ref), "sent": 0}
+                        n = 0
+                state["sent"] += n
+                self._save_state(uri, state)
+        except Exception as err:  # noqa: BLE001 - any failure keeps the events for later
+            failures = _failures.get(uri, 0) + 1
+            _failures[uri] = failures
+            _down_until[uri] = time.monotonic() + min(600.0, RETRY_AFTER_S * 2 ** (failures - 1))
+            if uri not in _warned:
+                _warned.add(uri)
+                logger.warning(
+                    "MLflow tracking at %s failed (%s); work goes on and events are kept "
+                    "in %s (sent by the next run or `adseg mlflow-sync`)",
+                    uri,
+                    _short(err),
+                    self.dir,
+                )
+        else:
+            _down_until.pop(uri, None)
+            _failures.pop(uri, None)
+        return len(events) - state["sent"]
+
+
+class _RunGone(Exception):
+    def __init__(self, deleted: bool) -> None:
+        self.deleted = deleted
 
 
 def _short(err: Exception) -> str:
@@ -394,20 +455,19 @@ class _Store:
             self.client = MlflowClient(tracking_uri=uri)
             self.client.search_experiments(max_results=1)
 
-    def experiment_id(self, name: str, artifact_root: str | None) -> str:
+    def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             with self.lock:
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
-                    return self.client.create_experiment(name, artifact_location=artifact_root)
+                    return self.client.create_experiment(
+                        name, artifact_location=_artifact_root(self.uri)
+                    )
         if exp.lifecycle_stage != "active":
-            from mlflow.exceptions import MlflowException
-
-            raise MlflowException(
-                f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments "
-                "restore) or remove it for good (mlflow gc)",
-                error_code="INVALID_PARAMETER_VALUE",
+            raise RuntimeError(
+                f"MLflow experiment {name!r} is deleted in {self.uri}; restore it (mlflow "
+                "experiments restore) or remove it for good (mlflow gc)"
             )
         return exp.experiment_id
 
@@ -417,102 +477,129 @@ class _Store:
             [exp_id], filter_string=text, order_by=["attributes.start_time ASC"]
         )
 
-    def _create(self, exp_id: str, ref: dict, tags: dict[str, str]) -> str:
+    def _complete(self, run, ref: dict, replaced: list) -> str:
+        """Log a new run's params and mark the runs it replaces; a run made by a process that
+        died before this is completed by the next one that finds it."""
         from mlflow.entities import Param
 
-        run = self.client.create_run(exp_id, run_name=ref["run_name"], tags=tags)
         run_id = run.info.run_id
+        if run.data.tags.get("adseg.complete") == "true":
+            return run_id
         params = [Param(k, v) for k, v in ref["params"].items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
+        for old in replaced:
+            if "adseg.superseded_by" not in old.data.tags:
+                self.client.set_tag(old.info.run_id, "adseg.superseded_by", run_id)
+        self.client.set_tag(run_id, "adseg.complete", "true")
         return run_id
-
-    def _supersede(self, new_id: str, old: list) -> None:
-        for run in old:
-            if "adseg.superseded_by" not in run.data.tags:
-                self.client.set_tag(run.info.run_id, "adseg.superseded_by", new_id)
 
     def parent(self, exp_id: str, ref: dict) -> str:
         key = {"adseg.role": "parent", "scheme": ref["scheme"]}
         mine = key | {"adseg.config_hash": ref["config_hash"]}
-        found = self._search(exp_id, mine)
-        if found:
-            return found[0].info.run_id
         with self.lock:
             found = self._search(exp_id, mine)
+            mine_ids = {r.info.run_id for r in found}
+            others = [r for r in self._search(exp_id, key) if r.info.run_id not in mine_ids]
             if found:
-                return found[0].info.run_id
-            older = self._search(exp_id, key)
+                return self._complete(found[0], ref, others)
             tags = ref["tags"] | mine
-            if older:
-                tags["adseg.supersedes"] = ",".join(r.info.run_id for r in older)
-            run_id = self._create(exp_id, ref, tags)
-            self._supersede(run_id, older)
-            return run_id
+            if others:
+                tags["adseg.supersedes"] = ",".join(r.info.run_id for r in others)
+            run = self.client.create_run(exp_id, run_name=ref["run_name"], tags=tags)
+            return self._complete(run, ref, others)
 
     def fold(self, exp_id: str, ref: dict) -> str:
-        mine = {"adseg.uid": ref["uid"]}
-        found = self._search(exp_id, mine)
-        if found:
-            return found[0].info.run_id
         parent_id = self.parent(exp_id, ref["parent"])
         with self.lock:
-            found = self._search(exp_id, mine)
+            found = self._search(exp_id, {"adseg.uid": ref["uid"]})
+            siblings = [
+                r
+                for r in self._search(
+                    exp_id, {"mlflow.parentRunId": parent_id, "fold": str(ref["fold"])}
+                )
+                if r.data.tags.get("adseg.uid") != ref["uid"]
+            ]
             if found:
-                return found[0].info.run_id
-            siblings = self._search(
-                exp_id, {"mlflow.parentRunId": parent_id, "fold": str(ref["fold"])}
-            )
-            tags = ref["tags"] | mine | {"mlflow.parentRunId": parent_id, "adseg.role": "fold"}
-            tags["adseg.attempt"] = str(len(siblings) + 1)
+                return self._complete(found[0], ref, siblings)
+            tags = ref["tags"] | {
+                "adseg.uid": ref["uid"],
+                "adseg.role": "fold",
+                "mlflow.parentRunId": parent_id,
+                "adseg.attempt": str(len(siblings) + 1),
+            }
             if siblings:
                 tags["adseg.rerun_of"] = siblings[-1].info.run_id
-            run_id = self._create(exp_id, ref, tags)
-            self._supersede(run_id, siblings)
-            return run_id
+            run = self.client.create_run(exp_id, run_name=ref["run_name"], tags=tags)
+            return self._complete(run, ref, siblings)
 
     def resolve(self, ref: dict) -> str:
         """The run id of ``ref``: found by its tags, or created."""
-        exp_id = self.experiment_id(ref["experiment"], ref["artifact_root"])
+        exp_id = self.experiment_id(ref["experiment"])
         return self.parent(exp_id, ref) if ref["role"] == "parent" else self.fold(exp_id, ref)
 
-    def send(self, run_id: str, events: list[dict], folder: Path) -> int:
-        """Send the first event of ``events`` (or a run of metric events as one batch)."""
-        from mlflow.entities import Metric, RunTag
+    def send(self, run_id: str, events: list[dict], folder: Path, uri: str) -> int:
+        """Send the first event of ``events`` (or a run of metric events as one batch); return
+        how many were sent. An event the store refuses for good is reported and skipped.
+
+        Raises:
+            _RunGone: the run is deleted, or not in the store.
+        """
         from mlflow.exceptions import MlflowException
 
-        first = events[0]
-        n = 1
+        n = max(1, _metric_events_fitting(events)) if events[0]["op"] == "metrics" else 1
         try:
-            if first["op"] == "metrics":
-                n = max(1, _metric_events_fitting(events))
-                batch = [
-                    Metric(k, v, e["time"], e["step"])
-                    for e in events[:n]
-                    for k, v in e["metrics"].items()
-                ]
-                for i in range(0, len(batch), 900):  # MLflow takes 1000 metrics per batch
-                    self.client.log_batch(run_id, metrics=batch[i : i + 900])
-            elif first["op"] == "tags":
-                tags = [RunTag(k, v) for k, v in first["tags"].items()]
-                self.client.log_batch(run_id, tags=tags)
-            elif first["op"] == "artifact":
-                blob = folder / first["blob"]
-                if blob.is_file():
-                    self.client.log_artifact(run_id, str(blob), first["artifact_path"])
-                    shutil.rmtree(blob.parent, ignore_errors=True)
-                else:
-                    logger.warning("MLflow artifact %s is gone; not logged", blob)
-            elif first["op"] == "status":
-                if first["status"] == "RUNNING":
-                    self.client.update_run(run_id, status="RUNNING")
-                else:
-                    self.client.set_terminated(run_id, first["status"], end_time=first["time"])
+            self._send(run_id, events[:n], folder, uri)
         except MlflowException as err:
             if err.error_code not in PERMANENT:
                 raise
-            logger.warning("MLflow refused a %s event of run %s: %s", first["op"], run_id, err)
+            self._check_run(run_id)
+            if n == 1:
+                logger.warning(
+                    "MLflow refused a %s event of run %s: %s", events[0]["op"], run_id, err
+                )
+            else:  # find the bad one: send the batch's events one by one
+                for i in range(n):
+                    self.send(run_id, events[i : i + 1], folder, uri)
         return n
+
+    def _check_run(self, run_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise _RunGone(deleted=False) from err
+            raise
+        if run.info.lifecycle_stage != "active":
+            raise _RunGone(deleted=True)
+
+    def _send(self, run_id: str, events: list[dict], folder: Path, uri: str) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        first = events[0]
+        if first["op"] == "metrics":
+            batch = [
+                Metric(k, v, e["time"], e["step"]) for e in events for k, v in e["metrics"].items()
+            ]
+            for i in range(0, len(batch), 900):  # MLflow takes 1000 metrics per batch
+                self.client.log_batch(run_id, metrics=batch[i : i + 900])
+        elif first["op"] == "tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in first["tags"].items()])
+        elif first["op"] == "artifact":
+            blob = folder / first["blob"]
+            if blob.is_file():
+                self.client.log_artifact(run_id, str(blob), first["artifact_path"])
+                if uri == read_json(folder / "ref.json")["uri"]:  # kept for other stores
+                    shutil.rmtree(blob.parent, ignore_errors=True)
+            else:
+                logger.warning("%s was sent to the run's own store and removed; not logged", blob)
+        elif first["op"] == "status":
+            if first["status"] == "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                self.client.set_terminated(run_id, first["status"], end_time=first["time"])
 
 
 def _metric_events_fitting(events: list[dict], limit: int = 900) -> int:
@@ -547,7 +634,6 @@ def new_fold_journal(config: dict, scheme: str, fold: int, out: Path, tags: dict
         "uri": parent["uri"],
         "lock": parent["lock"],
         "experiment": parent["experiment"],
-        "artifact_root": parent["artifact_root"],
         "fold": fold,
         "run_name": f"{scheme} fold {fold}",
         "params": parent["params"] | {"fold": str(fold)},
@@ -561,35 +647,53 @@ def new_fold_journal(config: dict, scheme: str, fold: int, out: Path, tags: dict
     return journal
 
 
+def _never_fails(method):
+    """Tracking is a side job: a failure in it is reported, never the end of the command."""
+
+    @functools.wraps(method)
+    def guarded(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the journal keeps what was logged
+            logger.warning("MLflow tracking: %s failed (%s)", method.__name__, _short(err))
+            return None
+
+    return guarded
+
+
 class FoldRun:
-    """The MLflow run of one trained fold; :func:`adseg.train.train_fold` calls its hooks."""
+    """The MLflow run of one trained fold; :func:`adseg.train.train_fold` calls its hooks.
+
+    No hook raises: a tracking failure is reported and training goes on.
+    """
 
     def __init__(self, config: dict) -> None:
         self.config = tracking_config(config)
         self.journal: Journal | None = None
+        self.epochs_logged = 0
 
+    @_never_fails
     def start(self, job, resumed_after: int | None, device, splits: Path) -> None:
         """Continue the fold's run when training resumes (after epoch ``resumed_after``),
         else begin a new one."""
         folder = Path(job.out)
         parent = parent_ref(self.config, job.scheme)
         journal = current_journal(folder)
-        for old in journals_under(folder):
-            old.flush()  # whatever an earlier, interrupted command left
         if (
             resumed_after is not None
             and journal is not None
             and journal.ref["parent"]["config_hash"] == parent["config_hash"]
         ):
             self.journal = journal
-            count = int(journal.ref.get("resumed", 0)) + 1
-            journal.ref["resumed"] = count
-            write_json(journal.dir / "ref.json", journal.ref)
+            count = journal.count_tag("adseg.resumed") + 1
             journal.tags({"adseg.resumed": count, "adseg.resumed_after_epoch": resumed_after})
             journal.status("RUNNING")
         else:
+            if journal is not None and journal.last_status() in (None, "RUNNING"):
+                journal.status("KILLED")  # the run a fresh start replaces never ended
             self.journal = self._new(job, parent, device, splits)
-        self.journal.flush(force=True)
+        for old in journals_under(folder):
+            old.flush(force=old.dir == self.journal.dir)  # also what earlier commands left
 
     def _new(self, job, parent: dict, device, splits: Path) -> Journal:
         dataset = read_json(job.preprocessed / "dataset.json")["cases"]
@@ -604,40 +708,52 @@ class FoldRun:
         journal.artifact(splits, "data")
         return journal
 
+    @_never_fails
     def epoch(self, row: dict, lr_d: float | None) -> None:
         """One epoch's row of ``training_log.tsv`` as metrics at step = epoch."""
+        if self.journal is None:
+            return
         values = {EPOCH_METRICS[k]: v for k, v in row.items() if k in EPOCH_METRICS}
         if lr_d is not None:
             values["train/lr_d"] = lr_d
         self.journal.metrics(values, step=row["epoch"])
+        self.epochs_logged += 1
         self.journal.flush()
 
+    @_never_fails
     def finish(self, spec: dict) -> None:
         """The model folder and its figures as artifacts; the run FINISHED."""
-        out = Path(self.journal.ref["tags"]["adseg.model_dir"])
-        final = {
-            "train/epochs_trained": spec["epochs_trained"],
-            "val/best_dice": spec["best_val_dice"],
-            "val/best_epoch": spec["best_epoch"] or None,
-            "quality_threshold": spec.get("quality_threshold"),
-        }
-        self.journal.metrics(final, step=spec["epochs_trained"])
-        for name in ("model.json", "plans.json", "config.yaml", "checkpoint_final.pt"):
-            self.journal.artifact(out / name, "model")
-        self.journal.artifact(out / "learning_curves.png", "training")
-        self.journal.artifact(out / "training_log.tsv", "training")
+        if self.journal is None:
+            return
+        # a finished run resumed with nothing left to train already has all of this
+        if self.epochs_logged or self.journal.last_status() != "FINISHED":
+            out = Path(self.journal.ref["tags"]["adseg.model_dir"])
+            final = {
+                "train/epochs_trained": spec["epochs_trained"],
+                "val/best_dice": spec["best_val_dice"],
+                "val/best_epoch": spec["best_epoch"] or None,
+                "quality_threshold": spec.get("quality_threshold"),
+            }
+            self.journal.metrics(final, step=spec["epochs_trained"])
+            for name in ("model.json", "plans.json", "config.yaml", "checkpoint_final.pt"):
+                self.journal.artifact(out / name, "model")
+            self.journal.artifact(out / "learning_curves.png", "training")
+            self.journal.artifact(out / "training_log.tsv", "training")
         self.journal.status("FINISHED")
-        self.report(self.journal.flush(force=True))
+        report_pending(self.journal.flush(force=True), self.journal)
 
-    def fail(self, error: Exception) -> None:
+    @_never_fails
+    def fail(self, error: BaseException) -> None:
+        """The run FAILED (divergence, an error) or KILLED (interrupted, terminated)."""
+        if self.journal is None:
+            return
         out = Path(self.journal.ref["tags"]["adseg.model_dir"])
-        self.journal.tags({"adseg.error": str(error)[:4000]})
+        killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        message = str(error) or type(error).__name__
+        self.journal.tags({"adseg.error": message[:4000]})
         self.journal.artifact(out / "training_log.tsv", "training")
-        self.journal.status("FAILED")
-        self.report(self.journal.flush(force=True))
-
-    def report(self, pending: int) -> None:
-        report_pending(pending, self.journal)
+        self.journal.status("KILLED" if killed else "FAILED")
+        report_pending(self.journal.flush(force=True), self.journal)
 
 
 def report_pending(pending: int, journal: Journal) -> None:
@@ -666,8 +782,19 @@ def _nanmean(values: list[float]) -> float | None:
     return sum(defined) / len(defined) if defined else None
 
 
+def metric_key(*parts: str) -> str:
+    """A metric name MLflow accepts: label names such as ``NCR+NET`` or ``edema (ED)`` have
+    their other characters replaced by ``_``."""
+    return "/".join(re.sub(r"[^\w\-. :]", "_", str(p)) for p in parts)
+
+
+@_never_fails
 def log_evaluation(fold_dir: str | Path, rows: list[dict], files: list[Path], settings: dict):
-    """A fold's test metrics (means over its held-out patients) and files on its run."""
+    """A fold's test metrics (means over its held-out patients) and files on its run.
+
+    Each evaluation of the fold is one step (``adseg.evaluations``), so a rerun with other
+    settings adds a point instead of a duplicate.
+    """
     from adseg.summary import DERIVED, per_patient
 
     journal = current_journal(fold_dir)
@@ -679,25 +806,28 @@ def log_evaluation(fold_dir: str | Path, rows: list[dict], files: list[Path], se
     for label in sorted({k[0] for k in patients}):
         mine = [v for k, v in patients.items() if k[0] == label]
         for m in DERIVED:
-            values[f"test/{label}/{m}"] = _nanmean([float(p[m]) for p in mine])
-        values[f"test/{label}/n_patients"] = len(mine)
-    journal.metrics(values)
-    journal.tags({f"evaluate.{k}": json.dumps(v) for k, v in settings.items()})
+            values[metric_key("test", label, m)] = _nanmean([float(p[m]) for p in mine])
+        values[metric_key("test", label, "n_patients")] = len(mine)
+    step = journal.count_tag("adseg.evaluations") + 1
+    journal.tags(
+        {"adseg.evaluations": step} | {f"evaluate.{k}": json.dumps(v) for k, v in settings.items()}
+    )
+    journal.metrics(values, step=step)
     for path in files:
         journal.artifact(path, "evaluation/overlays" if path.suffix == ".png" else "evaluation")
     report_pending(journal.flush(force=True), journal)
 
 
+@_never_fails
 def log_summary(exp_dir: str | Path, metric_files: list[Path], config: dict) -> None:
     """Each scheme's parent run: pooled statistics, fold spread, p-values and the summary files.
 
-    Sends first whatever fold runs of the experiment still hold.
+    Sends first whatever the experiment's fold runs still hold.
     """
     from adseg.qc import read_tsv
 
     exp_dir = Path(exp_dir)
-    for journal in journals_under(*{Path(f).parent for f in metric_files}):
-        journal.flush(force=True)
+    sync([Path(f).parent for f in metric_files])
     stats = read_tsv(exp_dir / "summary.tsv")
     tests = read_tsv(exp_dir / "tests.tsv")
     parents: dict[str, dict] = {}
@@ -712,7 +842,9 @@ def log_summary(exp_dir: str | Path, metric_files: list[Path], config: dict) -> 
             journal = Journal(folder)
         else:
             journal = Journal.create(folder, ref)
-        journal.metrics(_parent_metrics(scheme, stats, tests))
+        step = journal.count_tag("adseg.summaries") + 1
+        journal.tags({"adseg.summaries": step})
+        journal.metrics(_parent_metrics(scheme, stats, tests), step=step)
         for name in ("summary.md", "summary.tsv", "tests.tsv"):
             journal.artifact(exp_dir / name, "summary")
         for plot in sorted((exp_dir / "plots").glob("*.png")):
@@ -730,7 +862,7 @@ def _parent_metrics(scheme: str, stats: list[dict], tests: list[dict]) -> dict[s
     for s in stats:
         if s["scheme"] != scheme:
             continue
-        name = f"test/{s['label']}/{s['metric']}"
+        name = metric_key("test", s["label"], s["metric"])
         if s["fold"] == "all":
             values[name] = num(s["mean"])
             values[f"{name}_std"] = num(s["std"])
@@ -748,17 +880,25 @@ def _parent_metrics(scheme: str, stats: list[dict], tests: list[dict]) -> dict[s
     for t in tests:
         if scheme in (t["scheme_a"], t["scheme_b"]):
             other = t["scheme_b"] if t["scheme_a"] == scheme else t["scheme_a"]
-            values[f"test/{t['label']}/{t['metric']}_p_vs_{other}"] = num(t["p"])
+            name = metric_key("test", t["label"], f"{t['metric']}_p_vs_{other}")
+            values[name] = num(t["p"])
     return {k: v for k, v in values.items() if v is not None}
 
 
 def sync(paths: list[str | Path], uri: str | None = None) -> tuple[int, int, int]:
-    """Send what the journals under ``paths`` hold; (journals, events sent, events pending)."""
+    """Send what the journals under ``paths`` hold; (journals, events sent, events pending).
+
+    Once a store has failed in this sweep, its other journals are not tried again.
+    """
     journals = journals_under(*paths)
     sent = pending = 0
+    failed: set[str] = set()
     for journal in journals:
-        before = journal.pending(uri)
-        left = journal.flush(force=True, uri=uri)
+        target = uri or journal.ref["uri"]
+        before = journal.pending(target)
+        left = before if target in failed else journal.flush(force=True, uri=target)
+        if left:
+            failed.add(target)
         sent += before - left
         pending += left
     return len(journals), sent, pending

@@ -414,7 +414,7 @@ def train_fold(
             show_progress,
             tracker,
         )
-    except TrainingError as err:
+    except BaseException as err:  # diverged, failed, interrupted or terminated
         if tracker is not None:
             tracker.fail(err)
         raise

@@ -84,14 +84,16 @@ def test_settings_that_define_a_model_are_the_params_and_the_identity():
     cfg = load_config(None)
     ce = tracking.model_settings(cfg, "ce")
     assert "adversarial" not in ce and "evaluate" not in ce and "mlflow" not in ce
-    assert "threads" not in ce["train"] and "workers" not in ce["preprocess"]
+    assert ce["train"]["threads"] == cfg["train"]["threads"]  # a param, not the identity
     assert "adversarial" in tracking.model_settings(cfg, "hybrid")
     flat = tracking.flatten(tracking.model_settings(cfg, "hybrid"))
     assert flat["train.network.features"] == json.dumps(cfg["train"]["network"]["features"])
     assert flat["adversarial.loss"] == "nonsaturating"
     assert flat["train.amp"] == "true"
     ref = tracking.parent_ref(cfg, "ce")
-    other_threads = deep_merge(cfg, {"train": {"threads": 7}, "evaluate": {"tta": True}})
+    other_threads = deep_merge(
+        cfg, {"train": {"threads": 7, "val_every": 3}, "evaluate": {"tta": True}}
+    )
     assert tracking.parent_ref(other_threads, "ce")["config_hash"] == ref["config_hash"]
     other_d = deep_merge(cfg, {"adversarial": {"d_lr": 0.5}})
     assert tracking.parent_ref(other_d, "ce")["config_hash"] == ref["config_hash"]
@@ -167,7 +169,7 @@ def test_schemes_are_parents_and_folds_nested_runs_with_metrics_and_artifacts(
         assert _artifacts(client, run.info.run_id, "data") == {"splits.json"}
         assert "metrics.tsv" in _artifacts(client, run.info.run_id, "evaluation")
         overlays = _artifacts(client, run.info.run_id, "evaluation/overlays")
-        assert {name.split("_")[0] for name in overlays} == {"best", "median", "worst"}
+        assert overlays == {"best.png", "median.png", "worst.png"}
     # the parent: statistics over patients and folds, tests against the other scheme
     hybrid = parent_of["hybrid"].data.metrics
     assert 0.0 <= hybrid["test/lesion/dice"] <= 1.0
@@ -190,7 +192,7 @@ def test_a_rerun_resumes_its_run_or_is_a_new_run_that_says_so(tiny_experiment, t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = _config(tiny_experiment, tmp_path, uri)
     client = MlflowClient(uri)
-    _train(tiny_experiment, cfg, "ce", 1)
+    first_dir = _train(tiny_experiment, cfg, "ce", 1)
     (first,) = _runs(client, "tiny")[1]
     # a finished checkpoint of the same settings: resumed, the same run
     _train(tiny_experiment, cfg, "ce", 1, resume="auto")
@@ -198,7 +200,9 @@ def test_a_rerun_resumes_its_run_or_is_a_new_run_that_says_so(tiny_experiment, t
     assert again.info.run_id == first.info.run_id
     assert again.data.tags["adseg.resumed"] == "1"
     assert _steps(client, first.info.run_id, "train/loss_s") == [1, 2]
-    # trained afresh: a new run of the same parent, and each run says which replaced which
+    # trained afresh: a new run of the same parent, and each run says which replaced which;
+    # the replaced run, left RUNNING by a process that died, is marked KILLED
+    tracking.current_journal(first_dir).status("RUNNING")
     _train(tiny_experiment, cfg, "ce", 1, resume="no")
     parents, folds = _runs(client, "tiny")
     assert len(parents) == 1 and len(folds) == 2
@@ -207,6 +211,8 @@ def test_a_rerun_resumes_its_run_or_is_a_new_run_that_says_so(tiny_experiment, t
     assert second.data.tags["adseg.attempt"] == "2"
     assert second.data.tags["adseg.rerun_of"] == first.info.run_id
     assert runs[first.info.run_id].data.tags["adseg.superseded_by"] == second.info.run_id
+    assert runs[first.info.run_id].info.status == "KILLED"
+    assert second.info.status == "FINISHED"
     # changed training settings: a new parent, and the old one points to it
     changed = _config(tiny_experiment, tmp_path, uri, lr=0.002)
     _train(tiny_experiment, changed, "ce", 1, resume="auto")
@@ -219,6 +225,75 @@ def test_a_rerun_resumes_its_run_or_is_a_new_run_that_says_so(tiny_experiment, t
     newest = next(r for r in folds if r.data.params["train.lr"] == "0.002")
     assert newest.data.tags["mlflow.parentRunId"] == new.info.run_id
     assert newest.data.tags["adseg.attempt"] == "1"
+
+
+def _journal(tmp_path, uri, fold=0) -> tracking.Journal:
+    cfg = load_config(None, {"results_dir": str(tmp_path), "experiment": "unit"})
+    cfg["mlflow"]["tracking_uri"] = uri
+    out = tmp_path / "unit" / "ce" / f"fold_{fold}"
+    return tracking.new_fold_journal(cfg, "ce", fold, out, {"device": "cpu"})
+
+
+def test_a_line_cut_short_by_a_crash_hides_no_later_event(tmp_path):
+    journal = _journal(tmp_path, f"sqlite:///{tmp_path / 'a.db'}")
+    journal.metrics({"m": 1.0}, step=1)
+    with open(journal.events_file, "a") as f:
+        f.write('{"op": "metrics", "metr')  # the process died mid-write
+    journal.metrics({"m": 3.0}, step=3)
+    journal.status("FINISHED")
+    assert [e["op"] for e in journal.events()] == ["metrics", "metrics", "status"]
+    assert journal.flush(force=True) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'a.db'}")
+    assert _steps(client, journal.run_id(), "m") == [1, 3]
+
+
+def test_a_store_that_lost_the_run_gets_it_anew_and_another_store_gets_a_copy(tmp_path):
+    uri, other = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    journal = _journal(tmp_path, uri)
+    journal.metrics({"train/loss_s": 1.0}, step=1)
+    assert journal.flush(force=True) == 0
+    client = MlflowClient(uri)
+    gone = journal.run_id()
+    client.delete_run(gone)
+    # removed for good: the run id in state.json now names nothing
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", uri, "--run-ids", gone],
+        check=True,
+        capture_output=True,
+    )
+    journal.metrics({"train/loss_s": 0.5}, step=2)
+    assert journal.flush(force=True) == 0
+    assert journal.run_id() != gone
+    assert _steps(client, journal.run_id(), "train/loss_s") == [1, 2]
+    # a copy into another store leaves the run's own store's bookkeeping alone
+    assert tracking.sync([tmp_path / "unit"], other) == (1, 2, 0)
+    assert _steps(MlflowClient(other), journal.run_id(other), "train/loss_s") == [1, 2]
+    assert journal.pending() == 0 and journal.run_id(other) != journal.run_id()
+
+
+def test_label_names_become_metric_names_mlflow_accepts(tmp_path):
+    assert tracking.metric_key("test", "NCR+NET", "dice") == "test/NCR_NET/dice"
+    assert tracking.metric_key("test", "edema (ED)", "dice") == "test/edema _ED_/dice"
+    journal = _journal(tmp_path, f"sqlite:///{tmp_path / 'a.db'}")
+    journal.metrics({tracking.metric_key("test", "NCR+NET", "dice"): 0.5})
+    journal.metrics({"bad+name": 1.0, "good": 2.0})  # refused by MLflow: reported, skipped
+    journal.metrics({"after": 3.0})
+    assert journal.flush(force=True) == 0
+    metrics = MlflowClient(f"sqlite:///{tmp_path / 'a.db'}").get_run(journal.run_id()).data.metrics
+    assert metrics == {"test/NCR_NET/dice": 0.5, "after": 3.0}
+
+
+def test_a_failing_tracking_hook_never_stops_training(tmp_path, monkeypatch, caplog):
+    run = tracking.FoldRun(load_config(None))
+    run.journal = _journal(tmp_path, f"sqlite:///{tmp_path / 'a.db'}")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tracking.Journal, "metrics", broken)
+    with caplog.at_level("WARNING", logger="adseg"):
+        assert run.epoch({"epoch": 1, "loss_s": 0.3}, None) is None
+    assert "MLflow tracking: epoch failed (OSError: disk full)" in caplog.text
 
 
 WORKER = textwrap.dedent(
