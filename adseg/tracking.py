@@ -54,7 +54,7 @@ from filelock import FileLock, Timeout
 
 from adseg import __version__
 from adseg.config import experiment_dir
-from adseg.io import read_json, write_json
+from adseg.io import read_json, write_json, write_text
 from adseg.log import logger
 
 ENV_CONFIG = "ADSEG_WORKFLOW_CONFIG"
@@ -309,6 +309,14 @@ class Journal:
             shutil.copy2(path, blob)
         self.append("artifact", blob=str(blob.relative_to(self.dir)), artifact_path=artifact_path)
 
+    def config_artifact(self, config: dict) -> None:
+        """The whole resolved config the run is tracked under, as ``config.yaml``."""
+        import yaml
+
+        path = self.dir / "config.yaml"
+        write_text(path, yaml.safe_dump(config, sort_keys=False))
+        self.artifact(path)
+
     def events(self) -> list[dict]:
         """The events in order; a line cut short by a crash is skipped (it stays skipped, so
         positions do not move)."""
@@ -425,8 +433,6 @@ def current_journal(folder: str | Path) -> Journal | None:
 
 
 def _set_current(folder: Path, journal: Journal) -> None:
-    from adseg.io import write_text
-
     write_text(folder / JOURNALS / "current", journal.dir.name + "\n")
 
 
@@ -703,6 +709,7 @@ class FoldRun:
             "device": _device_name(device),
         }
         journal = new_fold_journal(self.config, job.scheme, job.fold, Path(job.out), tags)
+        journal.config_artifact(self.config)
         for name in ("config.yaml", "plans.json"):
             journal.artifact(Path(job.out) / name, "model")
         journal.artifact(splits, "data")
@@ -842,6 +849,7 @@ def log_summary(exp_dir: str | Path, metric_files: list[Path], config: dict) -> 
             journal = Journal(folder)
         else:
             journal = Journal.create(folder, ref)
+        journal.config_artifact(tracking_config(config))
         step = journal.count_tag("adseg.summaries") + 1
         journal.tags({"adseg.summaries": step})
         journal.metrics(_parent_metrics(scheme, stats, tests), step=step)

@@ -77,7 +77,7 @@ def _steps(client, run_id, key) -> list[int]:
 
 
 def _artifacts(client, run_id, path) -> set[str]:
-    return {Path(a.path).name for a in client.list_artifacts(run_id, path)}
+    return {Path(a.path).name for a in client.list_artifacts(run_id, path or None)}
 
 
 def test_settings_that_define_a_model_are_the_params_and_the_identity():
@@ -167,6 +167,7 @@ def test_schemes_are_parents_and_folds_nested_runs_with_metrics_and_artifacts(
             "training_log.tsv",
         }
         assert _artifacts(client, run.info.run_id, "data") == {"splits.json"}
+        assert "config.yaml" in _artifacts(client, run.info.run_id, "")  # the whole config
         assert "metrics.tsv" in _artifacts(client, run.info.run_id, "evaluation")
         overlays = _artifacts(client, run.info.run_id, "evaluation/overlays")
         assert overlays == {"best.png", "median.png", "worst.png"}
@@ -178,6 +179,7 @@ def test_schemes_are_parents_and_folds_nested_runs_with_metrics_and_artifacts(
     assert "test/lesion/dice_p_vs_ce" in hybrid or "test/lesion/sensitivity_p_vs_ce" in hybrid
     summary = _artifacts(client, parent_of["hybrid"].info.run_id, "summary")
     assert {"summary.md", "summary.tsv", "tests.tsv", "plots"} <= summary
+    assert "config.yaml" in _artifacts(client, parent_of["hybrid"].info.run_id, "")
     # a run leads to a usable model: its model artifacts load as a fold
     run = next(r for r in folds if r.data.tags["scheme"] == "hybrid")
     local = client.download_artifacts(run.info.run_id, "model", str(tmp_path / "download"))
