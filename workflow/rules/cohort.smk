@@ -6,6 +6,8 @@ if SYNTHETIC:
             directory(EXP / "raw"),
         log:
             LOGS / "synth_cohort.log",
+        benchmark:
+            BENCHMARKS / "synth_cohort.tsv",
         conda:
             CONDA_ENV
         threads: 2
@@ -29,6 +31,8 @@ rule validate_cohort:
         EXP / "validation.json",
     log:
         LOGS / "validate_cohort.log",
+    benchmark:
+        BENCHMARKS / "validate_cohort.tsv",
     conda:
         CONDA_ENV
     threads: 2

@@ -26,6 +26,8 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in python_path if p))
 os.environ[ADSEG_WORKFLOW_CONFIG] = json.dumps(config)
 EXP = experiment_dir(config)
 LOGS = EXP / "logs"
+# per job: wall time and peak memory (bench/workflow.py sums them and finds the critical path)
+BENCHMARKS = EXP / "benchmarks"
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
 RAW = EXP / "raw" if SYNTHETIC else Path(config["dataset"]["path"])
 

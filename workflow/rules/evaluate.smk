@@ -9,6 +9,8 @@ rule evaluate:
         EXP / "{scheme}" / "fold_{fold}" / "metrics.tsv",
     log:
         LOGS / "evaluate_{scheme}_fold_{fold}.log",
+    benchmark:
+        BENCHMARKS / "evaluate_{scheme}_fold_{fold}.tsv",
     wildcard_constraints:
         scheme="|".join(SCHEMES),
         fold=r"\d+",
@@ -41,6 +43,8 @@ rule summarize:
         plots=directory(EXP / "plots"),
     log:
         LOGS / "summarize.log",
+    benchmark:
+        BENCHMARKS / "summarize.tsv",
     conda:
         CONDA_ENV
     threads: 1

@@ -7,6 +7,8 @@ rule preprocess:
         directory(EXP / "preprocessed"),
     log:
         LOGS / "preprocess.log",
+    benchmark:
+        BENCHMARKS / "preprocess.tsv",
     conda:
         CONDA_ENV
     threads: config["preprocess"]["workers"]

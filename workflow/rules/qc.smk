@@ -6,6 +6,8 @@ rule qc:
         directory(EXP / "qc"),
     log:
         LOGS / "qc.log",
+    benchmark:
+        BENCHMARKS / "qc.tsv",
     conda:
         CONDA_ENV
     threads: 1

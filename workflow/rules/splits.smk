@@ -8,6 +8,8 @@ rule splits:
         EXP / "splits.json",
     log:
         LOGS / "splits.log",
+    benchmark:
+        BENCHMARKS / "splits.tsv",
     conda:
         CONDA_ENV
     threads: 1

@@ -9,6 +9,8 @@ rule train:
         EXP / "{scheme}" / "fold_{fold}" / "model.json",
     log:
         LOGS / "train_{scheme}_fold_{fold}.log",
+    benchmark:
+        BENCHMARKS / "train_{scheme}_fold_{fold}.tsv",
     wildcard_constraints:
         scheme="|".join(SCHEMES),
         fold=r"\d+",
