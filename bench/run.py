@@ -114,8 +114,15 @@ def trainer_for(exp: dict, scheme: str, device: torch.device, **train):
 
 
 def first_batch(job, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch as train_fold's loop gets it: plain tensors, no MONAI metadata."""
+    from monai.data import set_track_meta
+
     loader, _ = _loader(job)
-    batch = next(iter(loader))
+    set_track_meta(False)
+    try:
+        batch = next(iter(loader))
+    finally:
+        set_track_meta(True)
     return batch["image"].to(device), batch["label"].to(device)
 
 
@@ -173,8 +180,11 @@ def bench_train(exp: dict, device: torch.device, rounds: int, report: dict) -> N
 
 def bench_data(exp: dict, device: torch.device, rounds: int, report: dict) -> None:
     """Share of a training epoch spent waiting for the next batch (workflow settings)."""
+    from monai.data import set_track_meta
+
     job, trainer = trainer_for(exp, "ce", device)
     loader, _ = _loader(job)
+    set_track_meta(False)  # as train_fold does after caching
     for _ in loader:  # one epoch to warm up
         break
     wait = step = 0.0
@@ -196,6 +206,7 @@ def bench_data(exp: dict, device: torch.device, rounds: int, report: dict) -> No
             wait += t1 - t0
             step += time.perf_counter() - t1
             batches += 1
+    set_track_meta(True)
     report["data_wait_share"] = wait / (wait + step)
     print(
         f"data: {batches} batches, waiting {wait / batches * 1e3:.1f} ms and computing "
@@ -226,7 +237,7 @@ def bench_predict(exp: dict, device: torch.device, rounds: int, report: dict) ->
     models = read_model(model_dir, [0])
     spec = models[0].spec
     nets = [m.segmentor("final", device) for m in models]
-    cases = collect_inputs([exp["raw"] / "imagesTr"], spec["channels"])[:4]
+    cases = collect_inputs([exp["raw"] / "imagesTr"], spec["channel_names"])[:4]
     out = Path(tempfile.mkdtemp(dir=exp["folder"]))
     opts = PredictOptions(device=str(device.type), show_progress=False)
     critics = Critics.load(models, None, device)
