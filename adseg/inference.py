@@ -98,12 +98,13 @@ def to_grid(probs: torch.Tensor, source: Grid, target: Grid) -> tuple[np.ndarray
     Returns:
         Labels ``(z, y, x)`` uint8 and probabilities ``(K, z, y, x)`` float32 on ``target``.
     """
-    channels = probabilities_image(probs, source)
-    resampled = []
-    for k, image in enumerate(channels):
-        out = resample_to(image, target, default=1.0 if k == 0 else 0.0)
-        resampled.append(sitk.GetArrayFromImage(out))
-    stacked = np.stack(resampled).astype(np.float32)
+    # Linear interpolation keeps the classes summing to 1, so the background is 1 minus the
+    # rest: K - 1 resamplings instead of K (half the work for a single lesion label).
+    channels = probabilities_image(probs[1:], source)
+    resampled = [sitk.GetArrayFromImage(resample_to(im, target, default=0.0)) for im in channels]
+    foreground = np.stack(resampled).astype(np.float32)
+    background = np.clip(1.0 - foreground.sum(axis=0), 0.0, 1.0)[None]
+    stacked = np.concatenate([background, foreground])
     return stacked.argmax(axis=0).astype(np.uint8), stacked
 
 

@@ -227,6 +227,8 @@ class Critics:
 
         D sees the one-hot argmax map, the map that is written.
         """
+        if not self.discs:
+            return None
         labels = one_hot(probs.argmax(0), probs.shape[0])
         scores = [
             discriminator_score(

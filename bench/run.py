@@ -182,7 +182,8 @@ def bench_data(exp: dict, device: torch.device, rounds: int, report: dict) -> No
     """Share of a training epoch spent waiting for the next batch (workflow settings)."""
     from monai.data import set_track_meta
 
-    job, trainer = trainer_for(exp, "ce", device)
+    train = {"workers": OPTIONS["workers"]} if OPTIONS.get("workers") is not None else {}
+    job, trainer = trainer_for(exp, "ce", device, **train)
     loader, _ = _loader(job)
     set_track_meta(False)  # as train_fold does after caching
     for _ in loader:  # one epoch to warm up
@@ -377,6 +378,7 @@ def bench_memory(exp: dict, device: torch.device, rounds: int, report: dict) -> 
         print(f"peak memory, {task} ({key}): adseg {a:.0f} MB, plain MONAI {b:.0f} MB")
 
 
+OPTIONS: dict = {}
 GROUPS = {
     "train": bench_train,
     "data": bench_data,
@@ -392,7 +394,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="alternating timing rounds")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--data", type=Path, help="keep the generated data in this folder")
+    parser.add_argument(
+        "--workers", type=int, help="loader workers for the data figure (default: the config's)"
+    )
     args = parser.parse_args()
+    OPTIONS["workers"] = args.workers
     from adseg.train import pick_device
 
     device = pick_device(args.device)
