@@ -376,7 +376,9 @@ class Journal:
                 self._save_state(uri, state)
             while state["sent"] < len(events):
                 try:
-                    n = store.send(state["run_id"], events[state["sent"] :], self.dir, uri)
+                    n = store.send(
+                        state["run_id"], events[state["sent"] :], self.dir, uri != self.ref["uri"]
+                    )
                 except _RunGone as gone:
                     if gone.deleted:
                         logger.warning(
@@ -544,9 +546,12 @@ class _Store:
         exp_id = self.experiment_id(ref["experiment"])
         return self.parent(exp_id, ref) if ref["role"] == "parent" else self.fold(exp_id, ref)
 
-    def send(self, run_id: str, events: list[dict], folder: Path, uri: str) -> int:
+    def send(self, run_id: str, events: list[dict], folder: Path, keep_blobs: bool) -> int:
         """Send the first event of ``events`` (or a run of metric events as one batch); return
         how many were sent. An event the store refuses for good is reported and skipped.
+
+        Uploaded artifacts are removed from ``folder`` unless ``keep_blobs`` (a copy into
+        another store than the run's own).
 
         Raises:
             _RunGone: the run is deleted, or not in the store.
@@ -555,7 +560,7 @@ class _Store:
 
         n = max(1, _metric_events_fitting(events)) if events[0]["op"] == "metrics" else 1
         try:
-            self._send(run_id, events[:n], folder, uri)
+            self._send(run_id, events[:n], folder, keep_blobs)
         except MlflowException as err:
             if err.error_code not in PERMANENT:
                 raise
@@ -566,7 +571,7 @@ class _Store:
                 )
             else:  # find the bad one: send the batch's events one by one
                 for i in range(n):
-                    self.send(run_id, events[i : i + 1], folder, uri)
+                    self.send(run_id, events[i : i + 1], folder, keep_blobs)
         return n
 
     def _check_run(self, run_id: str) -> None:
@@ -581,7 +586,7 @@ class _Store:
         if run.info.lifecycle_stage != "active":
             raise _RunGone(deleted=True)
 
-    def _send(self, run_id: str, events: list[dict], folder: Path, uri: str) -> None:
+    def _send(self, run_id: str, events: list[dict], folder: Path, keep_blobs: bool) -> None:
         from mlflow.entities import Metric, RunTag
 
         first = events[0]
@@ -597,7 +602,7 @@ class _Store:
             blob = folder / first["blob"]
             if blob.is_file():
                 self.client.log_artifact(run_id, str(blob), first["artifact_path"])
-                if uri == read_json(folder / "ref.json")["uri"]:  # kept for other stores
+                if not keep_blobs:
                     shutil.rmtree(blob.parent, ignore_errors=True)
             else:
                 logger.warning("%s was sent to the run's own store and removed; not logged", blob)
@@ -629,10 +634,12 @@ def _store(uri: str, lock: str) -> _Store:
 # --- what the commands log ----------------------------------------------------------------
 
 
-def new_fold_journal(config: dict, scheme: str, fold: int, out: Path, tags: dict) -> Journal:
+def new_fold_journal(
+    config: dict, scheme: str, fold: int, out: Path, tags: dict, parent: dict | None = None
+) -> Journal:
     """A new run for fold ``fold`` of ``scheme`` whose model folder is ``out``; it becomes
-    the folder's current run."""
-    parent = parent_ref(config, scheme)
+    the folder's current run. ``parent``: the scheme's :func:`parent_ref`, if already made."""
+    parent = parent or parent_ref(config, scheme)
     uid = uuid.uuid4().hex
     ref = {
         "role": "fold",
@@ -708,7 +715,7 @@ class FoldRun:
             "domain": "+".join(sorted({dataset[c]["domain"] for c in cases})),
             "device": _device_name(device),
         }
-        journal = new_fold_journal(self.config, job.scheme, job.fold, Path(job.out), tags)
+        journal = new_fold_journal(self.config, job.scheme, job.fold, Path(job.out), tags, parent)
         journal.config_artifact(self.config)
         for name in ("config.yaml", "plans.json"):
             journal.artifact(Path(job.out) / name, "model")
@@ -862,35 +869,32 @@ def log_summary(exp_dir: str | Path, metric_files: list[Path], config: dict) -> 
 
 
 def _parent_metrics(scheme: str, stats: list[dict], tests: list[dict]) -> dict[str, float]:
-    def num(v: str) -> float | None:
-        return None if v in ("", "nan") else float(v)
+    from adseg.summary import _num, _stats
 
-    values: dict[str, float | None] = {}
+    values: dict[str, float] = {}
     fold_means: dict[str, list[float]] = {}
     for s in stats:
         if s["scheme"] != scheme:
             continue
         name = metric_key("test", s["label"], s["metric"])
         if s["fold"] == "all":
-            values[name] = num(s["mean"])
-            values[f"{name}_std"] = num(s["std"])
-            values[f"{name}_median"] = num(s["median"])
+            values[name] = _num(s["mean"])
+            values[f"{name}_std"] = _num(s["std"])
+            values[f"{name}_median"] = _num(s["median"])
             values[f"{name}_n"] = float(s["n"])
-        elif num(s["mean"]) is not None:
-            fold_means.setdefault(name, []).append(float(s["mean"]))
+        else:
+            fold_means.setdefault(name, []).append(_num(s["mean"]))
     for name, means in fold_means.items():
-        m = sum(means) / len(means)
-        values[f"{name}_fold_mean"] = m
-        if len(means) > 1:
-            values[f"{name}_fold_std"] = math.sqrt(
-                sum((x - m) ** 2 for x in means) / (len(means) - 1)
-            )
+        spread = _stats(means)  # over the folds with a defined mean
+        if spread["n"]:
+            values[f"{name}_fold_mean"] = spread["mean"]
+        if spread["n"] > 1:
+            values[f"{name}_fold_std"] = spread["std"]
     for t in tests:
         if scheme in (t["scheme_a"], t["scheme_b"]):
             other = t["scheme_b"] if t["scheme_a"] == scheme else t["scheme_a"]
-            name = metric_key("test", t["label"], f"{t['metric']}_p_vs_{other}")
-            values[name] = num(t["p"])
-    return {k: v for k, v in values.items() if v is not None}
+            values[metric_key("test", t["label"], f"{t['metric']}_p_vs_{other}")] = _num(t["p"])
+    return {k: v for k, v in values.items() if not math.isnan(v)}
 
 
 def sync(paths: list[str | Path], uri: str | None = None) -> tuple[int, int, int]:

@@ -92,13 +92,7 @@ def make_experiment(folder: Path, n_patients: int = 8) -> dict:
     prepare_cohort(folder / "raw", config, folder / "preprocessed", workers=2, show_progress=False)
     dataset = json.loads((folder / "preprocessed" / "dataset.json").read_text())
     write_json(folder / "splits.json", make_splits(case_meta_from_dataset(dataset), 2, 0))
-    return {
-        "config": config,
-        "raw": folder / "raw",
-        "preprocessed": folder / "preprocessed",
-        "splits": folder / "splits.json",
-        "folder": folder,
-    }
+    return load_experiment(folder)
 
 
 def trainer_for(exp: dict, scheme: str, device: torch.device, **train):
