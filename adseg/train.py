@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -66,8 +67,19 @@ def pick_device(choice: str) -> torch.device:
     """``auto`` takes CUDA when available; ``cuda`` without a GPU is an error."""
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device is cuda, but PyTorch sees no CUDA device")
-    if choice == "auto":
+    auto = choice == "auto"
+    if auto:
         choice = "cuda" if torch.cuda.is_available() else "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if auto and choice == "cpu" and visible and visible != "-1":
+        # a scheduler (Slurm's --gpus, gres) gave this job GPUs that torch cannot use
+        logger.warning(
+            "running on cpu although CUDA_VISIBLE_DEVICES=%s: %s",
+            visible,
+            "torch is a CPU build"
+            if torch.version.cuda is None
+            else "torch sees no CUDA device (driver?)",
+        )
     return torch.device(choice)
 
 

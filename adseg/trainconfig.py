@@ -15,10 +15,9 @@ from adseg.io import read_json
 from adseg.losses import check_loss
 from adseg.networks import DISCRIMINATOR_INPUTS, SEGMENTORS
 from adseg.preprocess import Plan
+from adseg.schemes import ADVERSARIAL_SCHEMES, SCHEMES
 from adseg.splits import case_meta_from_dataset, validate_splits
 
-SCHEMES = ("ce", "dicece", "adversarial", "hybrid")
-ADVERSARIAL_SCHEMES = ("adversarial", "hybrid")
 AXES = "xyz"
 
 

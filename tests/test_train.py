@@ -19,7 +19,14 @@ import torch
 
 from adseg.config import deep_merge
 from adseg.io import read_json
-from adseg.train import Trainer, TrainingError, fingerprint, loss_floor, train_fold
+from adseg.train import (
+    Trainer,
+    TrainingError,
+    fingerprint,
+    loss_floor,
+    pick_device,
+    train_fold,
+)
 from adseg.trainconfig import check_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,3 +397,16 @@ def test_train_cli_reports_bad_input_without_a_traceback(tiny_experiment, tmp_pa
     assert run.returncode == 1
     assert "adseg train: error: fold 9 is outside the splits: they have folds 0-2" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the fallback without CUDA")
+def test_gpus_given_by_the_scheduler_but_unusable_are_reported(monkeypatch, caplog):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert pick_device("auto").type == "cpu"
+    assert "running on cpu although CUDA_VISIBLE_DEVICES=1" in caplog.text
+    caplog.clear()
+    # asking for the CPU, or given no GPU, is no news
+    assert pick_device("cpu").type == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert pick_device("auto").type == "cpu"
+    assert "CUDA_VISIBLE_DEVICES" not in caplog.text

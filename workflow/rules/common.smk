@@ -7,7 +7,7 @@ from pathlib import Path
 from adseg.config import experiment_dir, resolve_config
 from adseg.io import read_json
 from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
-from adseg.trainconfig import ADVERSARIAL_SCHEMES, SCHEMES
+from adseg.schemes import ADVERSARIAL_SCHEMES, SCHEMES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.
