@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from monai.data import CacheDataset, DataLoader
+from monai.data import CacheDataset, DataLoader, ThreadDataLoader
 from monai.transforms import (
+    CastToTyped,
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
+    FgBgToIndicesd,
     LoadImaged,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -31,6 +33,9 @@ from monai.transforms import (
 )
 
 from adseg.io import read_json
+
+# where the cached part keeps each case's lesion / background voxel indices for the crop
+FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
 
 
 def slice_axis(spacing: Sequence[float]) -> int:
@@ -86,10 +91,24 @@ def load_transforms(pad_to: Sequence[int]) -> Compose:
     )
 
 
+def crop_indices() -> list:
+    """Deterministic, cached: the label's foreground and background voxel indices.
+
+    The foreground-balanced crop would otherwise search the whole label for them at every
+    draw (most of a batch's loading time, bench/run.py --only data). int32 halves their
+    memory (4 bytes a voxel); a case has far fewer than 2**31 voxels.
+    """
+    return [
+        FgBgToIndicesd(keys="label"),
+        CastToTyped(keys=[FG_INDICES, BG_INDICES], dtype=np.int32),
+    ]
+
+
 def random_transforms(
     crop: Sequence[int], samples: int, pos_fraction: float, squeeze_axis: int | None
 ) -> Compose:
-    """Random part: foreground-balanced patches, left-right flips, intensity jitter."""
+    """Random part: foreground-balanced patches (centred on the indices of
+    :func:`crop_indices`), left-right flips, intensity jitter."""
     steps = [
         RandCropByPosNegLabeld(
             keys=["image", "label"],
@@ -98,6 +117,8 @@ def random_transforms(
             pos=pos_fraction,
             neg=1.0 - pos_fraction,
             num_samples=samples,
+            fg_indices_key=FG_INDICES,
+            bg_indices_key=BG_INDICES,
             allow_smaller=False,
         ),
         # RAS x is left-right: a mirrored prostate is still a prostate
@@ -120,8 +141,12 @@ def training_loader(
     pos_fraction: float,
     workers: int = 0,
     show_progress: bool = False,
+    background: bool = False,
 ) -> tuple[DataLoader, Compose]:
     """A shuffling loader of training patches and its random transforms (to seed per epoch).
+
+    ``workers`` > 0 draws batches in that many processes;
+    ``background`` draws the next batch in a thread while the current one trains (for CUDA).
 
     Batches are ``{"image": (B, C, *patch), "label": (B, 1, *patch)}``.
     """
@@ -135,13 +160,26 @@ def training_loader(
         items,
         # one flat chain: CacheDataset caches up to the first random transform, and a nested
         # Compose would count as random and disable the cache
-        transform=Compose([*load_transforms(crop).transforms, *randomize.transforms]),
+        transform=Compose(
+            [*load_transforms(crop).transforms, *crop_indices(), *randomize.transforms]
+        ),
         # one thread: MONAI's image readers are not safe to share across loading threads
         num_workers=1,
+        # no copy of the whole cached case per draw (a third of the loading time): the random
+        # transforms make new tensors and never write into the cached ones
+        # (tests/test_data.py checks)
+        copy_cache=False,
         progress=show_progress,
     )
-    loader = DataLoader(
-        dataset, batch_size=max(1, batch_size // samples), shuffle=True, num_workers=workers
+    # With `background`, the next batch is drawn in a thread while the network computes
+    # (MONAI's advice for cached data on a GPU). On a CPU that thread only competes with the
+    # network's own threads: 56 ms a batch against 48 ms inline (bench/RESULTS.md).
+    loader = (ThreadDataLoader if background else DataLoader)(
+        dataset,
+        batch_size=max(1, batch_size // samples),
+        shuffle=True,
+        # workers are forked anew each epoch, so they take the epoch's reseeded transforms
+        num_workers=workers,
     )
     return loader, randomize
 

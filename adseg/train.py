@@ -401,6 +401,7 @@ def train_fold(
         t["samples_per_case"],
         t["pos_fraction"],
         t["workers"],
+        background=device.type == "cuda",
     )
     val_set = validation_dataset(case_items(job.preprocessed, spec["val_cases"]))
     inferer = make_inferer(dims, spec["patch_size"], axis, t["batch_size"])

@@ -80,7 +80,8 @@ def compare(
 # --- the data: a small synthetic cohort, preprocessed as the default workflow does ----------
 
 
-def make_experiment(folder: Path, n_patients: int = 8) -> dict:
+def make_experiment(folder: Path, n_patients: int) -> dict:
+    """The default workflow's data: a synthetic cohort, preprocessed, split into its folds."""
     from adseg.config import load_config
     from adseg.io import write_json
     from adseg.prepare import prepare_cohort
@@ -91,7 +92,9 @@ def make_experiment(folder: Path, n_patients: int = 8) -> dict:
     generate_cohort(folder / "raw", n_patients, 0, progress=False)
     prepare_cohort(folder / "raw", config, folder / "preprocessed", workers=2, show_progress=False)
     dataset = json.loads((folder / "preprocessed" / "dataset.json").read_text())
-    write_json(folder / "splits.json", make_splits(case_meta_from_dataset(dataset), 2, 0))
+    folds = config["folds"]
+    splits = make_splits(case_meta_from_dataset(dataset), folds["n"], folds["seed"])
+    write_json(folder / "splits.json", splits)
     return load_experiment(folder)
 
 
@@ -111,7 +114,7 @@ def first_batch(job, device) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch as train_fold's loop gets it: plain tensors, no MONAI metadata."""
     from monai.data import set_track_meta
 
-    loader, _ = _loader(job)
+    loader, _ = _loader(job, device)
     set_track_meta(False)
     try:
         batch = next(iter(loader))
@@ -120,7 +123,8 @@ def first_batch(job, device) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["image"].to(device), batch["label"].to(device)
 
 
-def _loader(job):
+def _loader(job, device: torch.device):
+    """The training loader as train_fold makes it on ``device``."""
     from adseg.data import case_items, training_loader
 
     t, spec = job.config["train"], job.spec
@@ -133,6 +137,7 @@ def _loader(job):
         t["samples_per_case"],
         t["pos_fraction"],
         t["workers"],
+        background=device.type == "cuda",
     )
 
 
@@ -178,7 +183,7 @@ def bench_data(exp: dict, device: torch.device, rounds: int, report: dict) -> No
 
     train = {"workers": OPTIONS["workers"]} if OPTIONS.get("workers") is not None else {}
     job, trainer = trainer_for(exp, "ce", device, **train)
-    loader, _ = _loader(job)
+    loader, _ = _loader(job, device)
     set_track_meta(False)  # as train_fold does after caching
     for _ in loader:  # one epoch to warm up
         break
@@ -281,7 +286,7 @@ print(json.dumps({{"rss_mb": peak / 1024, "gpu_mb": gpu / 2**20}}))
 
 def _train_adseg(exp, device) -> None:
     job, trainer = trainer_for(exp, "ce", device)
-    loader, _ = _loader(job)
+    loader, _ = _loader(job, device)
     for _ in range(2):
         for batch in loader:
             trainer.supervised_step(batch["image"].to(device), batch["label"].to(device))
@@ -300,7 +305,7 @@ def _train_monai(exp, device) -> None:
         net_spec["features"],
     ).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loader, _ = _loader(job)
+    loader, _ = _loader(job, device)
     for _ in range(2):
         for batch in loader:
             opt.zero_grad()
@@ -389,6 +394,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--data", type=Path, help="keep the generated data in this folder")
     parser.add_argument(
+        "--patients",
+        type=int,
+        default=40,
+        help="synthetic patients (default 40, the default workflow's cohort: a training fold "
+        "of 30 cases, so an epoch has as many batches as the workflow's)",
+    )
+    parser.add_argument(
         "--workers", type=int, help="loader workers for the data figure (default: the config's)"
     )
     args = parser.parse_args()
@@ -402,8 +414,11 @@ def main() -> int:
     folder = args.data or Path(tempfile.mkdtemp(prefix="adseg-bench-"))
     if not (folder / "splits.json").is_file():
         t0 = time.perf_counter()
-        make_experiment(folder)
-        print(f"data: 8 synthetic patients preprocessed in {time.perf_counter() - t0:.0f} s")
+        make_experiment(folder, args.patients)
+        print(
+            f"data: {args.patients} synthetic patients preprocessed in "
+            f"{time.perf_counter() - t0:.0f} s"
+        )
     exp = load_experiment(folder)
     report: dict[str, float] = {}
     for name in args.only or GROUPS:
