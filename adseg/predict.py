@@ -272,7 +272,8 @@ def predict_case(
     t0 = time.perf_counter()
     spec, plan = models[0].spec, models[0].plan
     channels = [read_channel(src) for src in case.channels]
-    images, _, record = preprocess_images(channels, None, plan)
+    # the record's intensity statistics are QC of a training cohort; a prediction needs none
+    images, _, record = preprocess_images(channels, None, plan, statistics=False)
     x = torch.from_numpy(np.stack([sitk.GetArrayFromImage(im).transpose(2, 1, 0) for im in images]))
     dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()

@@ -192,26 +192,32 @@ def nonzero_bbox(arrays: list[np.ndarray]) -> tuple[slice, ...]:
     return ndimage.find_objects(mask.astype(np.uint8))[0]
 
 
-def normalize(arr: np.ndarray, scheme: str, percentiles=(0.5, 99.5)) -> tuple[np.ndarray, dict]:
+def normalize(
+    arr: np.ndarray, scheme: str, percentiles=(0.5, 99.5), statistics: bool = True
+) -> tuple[np.ndarray, dict]:
     """Normalise one channel ``(Z, Y, X)``; return it and the statistics used.
 
     Schemes: ``zscore`` over all voxels; ``zscore-nonzero`` over non-zero voxels only (zeros
     stay 0, nnU-Net's mask rule); ``percentile`` clips to the given percentiles and maps them to
     [0, 1]; ``none`` leaves intensities as they are.
+
+    With ``statistics`` False only the scheme is recorded: the QC statistics (mean, std,
+    percentiles: a sort of the channel) are skipped, which the normalisation does not need.
     """
     if scheme not in NORMALIZATION_SCHEMES:
         raise ValueError(
             f"normalization {scheme!r} unknown; choose from {', '.join(NORMALIZATION_SCHEMES)}"
         )
-    values = arr[arr != 0] if scheme == "zscore-nonzero" else arr.ravel()
-    lo, hi = np.percentile(values, percentiles) if values.size else (0.0, 0.0)
-    stats = {
-        "scheme": scheme,
-        "mean": float(values.mean()) if values.size else 0.0,
-        "std": float(values.std()) if values.size else 0.0,
-        "p_low": float(lo),
-        "p_high": float(hi),
-    }
+    stats = {"scheme": scheme}
+    if statistics:
+        values = arr[arr != 0] if scheme == "zscore-nonzero" else arr.ravel()
+        lo, hi = np.percentile(values, percentiles) if values.size else (0.0, 0.0)
+        stats.update(
+            mean=float(values.mean()) if values.size else 0.0,
+            std=float(values.std()) if values.size else 0.0,
+            p_low=float(lo),
+            p_high=float(hi),
+        )
     if scheme == "none":
         return arr.astype(np.float32), stats
     if scheme == "percentile":
@@ -223,9 +229,12 @@ def normalize(arr: np.ndarray, scheme: str, percentiles=(0.5, 99.5)) -> tuple[np
 
 
 def preprocess_images(
-    channels: list[sitk.Image], label: sitk.Image | None, plan: Plan
+    channels: list[sitk.Image], label: sitk.Image | None, plan: Plan, statistics: bool = True
 ) -> tuple[list[sitk.Image], sitk.Image | None, dict]:
     """Preprocess the channels (and label, if given) of one case according to ``plan``.
+
+    ``statistics`` False leaves the intensity statistics out of the record (see
+    :func:`normalize`); the images are the same.
 
     Returns:
         The channels as float32 images on the final grid, the label as uint8 on that grid (or
@@ -264,7 +273,7 @@ def preprocess_images(
     )
     out, stats = [], []
     for arr, scheme in zip(arrays, plan.normalization, strict=True):
-        normed, st = normalize(arr[crop], scheme, plan.percentiles)
+        normed, st = normalize(arr[crop], scheme, plan.percentiles, statistics)
         out.append(final.image(normed))
         stats.append(st)
     out_label = None
