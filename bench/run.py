@@ -80,15 +80,24 @@ def compare(
 # --- the data: a small synthetic cohort, preprocessed as the default workflow does ----------
 
 
-def make_experiment(folder: Path, n_patients: int) -> dict:
-    """The default workflow's data: a synthetic cohort, preprocessed, split into its folds."""
+def make_experiment(folder: Path, n_patients: int, spacing: list[float] | None = None) -> dict:
+    """The default workflow's data: a synthetic cohort, preprocessed, split into its folds.
+
+    ``spacing`` replaces the default config's target spacing (mm, x y z); the config used is
+    kept in the folder for :func:`load_experiment`.
+    """
+    import yaml
+
     from adseg.config import load_config
-    from adseg.io import write_json
+    from adseg.io import write_json, write_text
     from adseg.prepare import prepare_cohort
     from adseg.splits import case_meta_from_dataset, make_splits
     from adseg.synth import generate_cohort
 
-    config = load_config(ROOT / "config" / "config.yaml")
+    overrides = {"preprocess": {"target_spacing": spacing}} if spacing else None
+    config = load_config(ROOT / "config" / "config.yaml", overrides)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     generate_cohort(folder / "raw", n_patients, 0, progress=False)
     prepare_cohort(folder / "raw", config, folder / "preprocessed", workers=2, show_progress=False)
     dataset = json.loads((folder / "preprocessed" / "dataset.json").read_text())
@@ -347,8 +356,9 @@ MEMORY_TASKS = {
 def load_experiment(folder: Path) -> dict:
     from adseg.config import load_config
 
+    kept = folder / "config.yaml"
     return {
-        "config": load_config(ROOT / "config" / "config.yaml"),
+        "config": load_config(kept if kept.is_file() else ROOT / "config" / "config.yaml"),
         "raw": folder / "raw",
         "preprocessed": folder / "preprocessed",
         "splits": folder / "splits.json",
@@ -401,6 +411,14 @@ def main() -> int:
         "of 30 cases, so an epoch has as many batches as the workflow's)",
     )
     parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="target spacing in mm for new data (default: the config's 1 1 3; 0.5 0.5 3 gives "
+        "4x the voxels, as a T2w's in-plane resolution)",
+    )
+    parser.add_argument(
         "--workers", type=int, help="loader workers for the data figure (default: the config's)"
     )
     args = parser.parse_args()
@@ -414,7 +432,7 @@ def main() -> int:
     folder = args.data or Path(tempfile.mkdtemp(prefix="adseg-bench-"))
     if not (folder / "splits.json").is_file():
         t0 = time.perf_counter()
-        make_experiment(folder, args.patients)
+        make_experiment(folder, args.patients, args.spacing)
         print(
             f"data: {args.patients} synthetic patients preprocessed in "
             f"{time.perf_counter() - t0:.0f} s"
