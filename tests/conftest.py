@@ -320,3 +320,15 @@ def server(tmp_path):
     s.start()
     yield s
     s.stop()
+
+
+def snakemake(*args: str, timeout: int = 900, env=None) -> subprocess.CompletedProcess:
+    """The real ``snakemake`` on this repository's workflow, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

@@ -1,7 +1,8 @@
 """The workflow on a real Slurm cluster, through the profile users run on theirs.
 
 These tests need a running cluster: ``.ci/slurm-cluster start`` makes a single-node one on
-this machine (CI does) and prints the ``SLURM_CONF`` to export. Without one they are skipped.
+this machine (CI does), with its config where every Slurm command looks. Without one they
+are skipped.
 Jobs log to an ``mlflow server`` on 127.0.0.1 over HTTP, as cluster nodes log to a team's.
 """
 
@@ -14,16 +15,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import snakemake
 from mlflow.tracking import MlflowClient
 
 from adseg import tracking
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILE = "workflow/profiles/slurm"
 # a test cluster answers at once; status checks every few seconds instead of the profile's
 FAST_POLLING = [
@@ -57,21 +57,15 @@ pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(
         not CLUSTER_UP,
-        reason="no Slurm cluster answers (start one: .ci/slurm-cluster start, export SLURM_CONF)",
+        reason="no Slurm cluster answers sinfo (start one: .ci/slurm-cluster start)",
     ),
 ]
 
 
-def snakemake(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+def slurm_snakemake(*args: str) -> subprocess.CompletedProcess:
+    """snakemake with the tracking store of each test's config, not the environment's."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return snakemake(*args, timeout=1500, env=env)
 
 
 def slurm_jobs(run: subprocess.CompletedProcess) -> list[int]:
@@ -112,7 +106,7 @@ def tiny_run(results: Path, settings: dict, *extra: str) -> subprocess.Completed
     """config/tiny.yaml into ``results``, with ``settings`` laid over it."""
     overlay = results.parent / f"{results.name}-overlay.yaml"
     overlay.write_text(yaml.safe_dump({"results_dir": str(results), **settings}))
-    return snakemake("--configfile", "config/tiny.yaml", str(overlay), *extra)
+    return slurm_snakemake("--configfile", "config/tiny.yaml", str(overlay), *extra)
 
 
 @pytest.fixture(scope="module")

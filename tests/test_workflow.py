@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+from conftest import snakemake
 from mlflow.tracking import MlflowClient
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(*args: str, timeout: int = 900, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
-    )
 
 
 @pytest.mark.slow
