@@ -32,6 +32,11 @@ EXAMPLES = {
     "evaluate": "adseg evaluate results/default/hybrid/fold_0 "
     "--preprocessed results/default/preprocessed -o results/default/hybrid/fold_0/metrics.tsv",
     "summarize": "adseg summarize results/default/*/fold_*/metrics.tsv -o results/default",
+    "adda": "adseg adda --variant feature --fold 0 --config config/adda.yaml "
+    "--preprocessed results/adda/preprocessed --splits results/adda/splits.json "
+    "--source-model results/adda/adda/source-only/fold_0 -o results/adda/adda/adda-feature/fold_0",
+    "adda-summary": "adseg adda-summary results/adda/adda/*/fold_*/metrics.tsv "
+    "-o results/adda/adda --config config/adda.yaml",
     "predict": "adseg predict -i scans/ -o masks/ -m results/default/hybrid",
     "mlflow-sync": "adseg mlflow-sync results/default",
 }
@@ -142,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
         help="continue from OUT/checkpoint_last.pt; 'auto' resumes when a checkpoint of the "
         "same config exists, else starts afresh (default: no)",
     )
+    p.add_argument(
+        "--domains",
+        nargs="+",
+        metavar="DOMAIN",
+        help="train and validate on the fold's cases of these scanner domains only "
+        "(dataset.json 'domain'); evaluation still covers every held-out case",
+    )
+    p.add_argument("--name", help="the model's name in results and MLflow (default: the scheme)")
 
     p = command(
         "evaluate", "Evaluate a trained fold on its held-out patients (per-case TSV).", _evaluate
@@ -156,6 +169,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs from 'adseg evaluate'")
     p.add_argument("-o", "--out", type=Path, required=True, help="experiment folder")
+
+    p = command(
+        "adda",
+        "Adapt a fold's source-only model to the target domain (ADDA), without target labels.",
+        _adda,
+    )
+    p.add_argument("--variant", required=True, choices=["feature", "output"], help="what D sees")
+    p.add_argument("--fold", type=int, required=True, help="fold number in splits.json")
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
+    p.add_argument("--splits", type=Path, required=True, help="splits.json")
+    p.add_argument(
+        "--source-model",
+        type=Path,
+        required=True,
+        help="the fold's source-only model (adseg train --domains SOURCE)",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="adapted model folder")
+    p.add_argument("--threads", type=int, help="CPU threads (overrides train.threads)")
+    p.add_argument(
+        "--resume",
+        choices=["no", "yes", "auto"],
+        default="no",
+        help="continue from OUT/checkpoint_last.pt (auto: when it matches; default: no)",
+    )
+
+    p = command(
+        "adda-summary",
+        "Tabulate the ADDA study: source-only, ADDA variants and oracle on the target domain.",
+        _adda_summary,
+    )
+    p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs of the ADDA models")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the study folder (<exp>/adda)")
 
     p = command(
         "predict",
@@ -329,10 +374,12 @@ def _train(args) -> None:
         args.resume,
         not args.no_progress,
         tracker,
+        args.domains,
+        args.name,
     )
     logger.info(
         "%s fold %d: %d epochs, final validation Dice %s; model in %s",
-        args.scheme,
+        args.name or args.scheme,
         args.fold,
         spec["epochs_trained"],
         "n/a" if spec["final_val_dice"] is None else f"{spec['final_val_dice']:.3f}",
@@ -384,6 +431,64 @@ def _summarize(args) -> None:
     logger.info("summary: %s", path)
     if tracking.enabled(config):
         tracking.log_summary(args.out, args.metrics, config)
+
+
+def _adda(args) -> None:
+    from adseg import tracking
+    from adseg.adda import adapt_fold
+
+    overrides = {"train": {"threads": args.threads}} if args.threads else None
+    config = _load(args.config, overrides, args.set)
+    tracker = tracking.FoldRun(config) if tracking.enabled(config) else None
+    signal.signal(signal.SIGTERM, _terminated)
+    spec = adapt_fold(
+        config,
+        args.variant,
+        args.fold,
+        args.preprocessed,
+        args.splits,
+        args.source_model,
+        args.out,
+        args.resume,
+        not args.no_progress,
+        tracker,
+    )
+    auc = json.loads((args.out / "domain_auc.json").read_text())
+    logger.info(
+        "%s fold %d: %d epochs; domain AUC %s before, %s after; model in %s",
+        spec["name"],
+        args.fold,
+        spec["epochs_trained"],
+        *("n/a" if auc[k] is None else f"{auc[k]:.3f}" for k in ("before", "after")),
+        args.out,
+    )
+
+
+def _adda_summary(args) -> None:
+    from adseg import tracking
+    from adseg.addasummary import summarize_adda
+
+    config = _load(args.config, settings=args.set)
+    a = config["adda"]
+    aucs = [m.parent / "domain_auc.json" for m in args.metrics]
+    path = summarize_adda(
+        args.metrics,
+        [f for f in aucs if f.is_file()],
+        args.out,
+        a["source"],
+        a["target"],
+        f"{config['experiment']}: ADDA from scanner {a['source']} to scanner {a['target']}",
+    )
+    print(path.read_text())
+    logger.info("ADDA summary: %s", path)
+    if tracking.enabled(config):
+        tracking.log_summary(
+            args.out,
+            args.metrics,
+            config,
+            lambda model: tracking.adda_parent_metrics(args.out, model),
+            ("summary.md", "summary.tsv", "tests.tsv", "domain_auc.tsv"),
+        )
 
 
 def _predict(args) -> None:

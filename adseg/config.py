@@ -110,6 +110,24 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
             problems.append(
                 f"dataset.patient_regex: {regex!r} needs a group (...) for the patient id"
             )
+    adda = config["adda"]
+    if adda["enabled"]:
+        from adseg.schemes import SPLITTABLE_NETWORKS
+
+        network = config["train"]["network"]["name"]
+        if network not in SPLITTABLE_NETWORKS:
+            problems.append(
+                f"adda.enabled: ADDA splits the segmentor into encoder and decoder; "
+                f"train.network.name {network} has no such split, use "
+                f"{' or '.join(SPLITTABLE_NETWORKS)}"
+            )
+        if adda["source"] == adda["target"]:
+            problems.append(f"adda.source and adda.target are both {adda['source']!r}")
+        if "domain" not in config["folds"]["stratify"]:
+            problems.append(
+                "adda.enabled: folds.stratify must include domain, so every fold has "
+                "patients of both domains"
+            )
     splits_file = config["folds"]["file"]
     if splits_file and not (base_dir / splits_file).is_file():
         problems.append(f"folds.file: file {splits_file!r} does not exist")

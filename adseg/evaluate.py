@@ -67,13 +67,13 @@ def evaluate_fold(
     net = model.segmentor(checkpoint, device)
     dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
     inferer = make_inferer(dims, spec["patch_size"], axis)
-    cases = validation_dataset(case_items(preprocessed, spec["val_cases"]))
+    # older model folders have no test_cases: they were tested on their validation cases
+    cases = validation_dataset(case_items(preprocessed, spec.get("test_cases", spec["val_cases"])))
+    name = spec.get("name", spec["scheme"])
     names = {v: k for k, v in spec["labels"].items()}
     rows = []
     masks = {}
-    for item in progress(
-        cases, f"evaluate {spec['scheme']} fold {spec['fold']}", enabled=show_progress
-    ):
+    for item in progress(cases, f"evaluate {name} fold {spec['fold']}", enabled=show_progress):
         t0 = time.perf_counter()
         case_id = item["case_id"]
         props = read_json(preprocessed / "properties" / f"{case_id}.json")
@@ -91,7 +91,7 @@ def evaluate_fold(
             metrics = case_metrics(truth == value, pred == value, spacing_zyx, min_overlap)
             rows.append(
                 {
-                    "scheme": spec["scheme"],
+                    "scheme": name,
                     "fold": spec["fold"],
                     "case_id": case_id,
                     "patient_id": meta["patient_id"],
@@ -131,7 +131,7 @@ def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Pat
             continue  # validation refuses such cases; nothing to draw on
         path = folder / f"{rank}.png"
         title = (
-            f"{spec['scheme']} fold {spec['fold']}, {rank}: {row['case_id']} "
+            f"{spec.get('name', spec['scheme'])} fold {spec['fold']}, {rank}: {row['case_id']} "
             f"({first} Dice {row['dice']:.2f})"
         )
         overlay(image, truth, pred, path, title)

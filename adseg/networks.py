@@ -15,6 +15,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 from torch import nn
 
+from adseg.schemes import SPLITTABLE_NETWORKS
+
 DISCRIMINATOR_INPUTS = ("labels", "image+labels", "product")
 NORMS = ("batch", "instance", "none")
 
@@ -183,3 +185,112 @@ class LabelMapDiscriminator(nn.Module):
         if self.output == "patch":
             return self.score(h).flatten(1)
         return self.score(h.flatten(2).mean(dim=2)).squeeze(1)
+
+
+# --- the encoder/decoder split (ADDA) ---------------------------------------------------------
+# Written against each network's own forward pass, module by module: the encoder holds the
+# network's encoding modules under the same attribute names, so its state dict is the
+# network's state dict restricted to them, and a target encoder's weights drop back into a
+# copy of the network with a plain dict update (see `with_encoder`).
+
+SPLITTABLE = SPLITTABLE_NETWORKS
+
+
+class SegResNetEncoder(nn.Module):
+    """M of a MONAI SegResNet: ``convInit`` then the ``down_layers`` (``SegResNet.encode``).
+
+    Returns the feature map of every level, shallow to deep; the last is the bottleneck.
+    """
+
+    def __init__(self, net: SegResNet) -> None:
+        super().__init__()
+        if net.dropout_prob is not None:
+            raise ValueError("SegResNet with dropout: the encoder split does not cover it")
+        self.convInit = net.convInit  # noqa: N815 - MONAI's attribute name, kept for the keys
+        self.down_layers = net.down_layers
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.convInit(x)
+        levels = []
+        for down in self.down_layers:
+            x = down(x)
+            levels.append(x)
+        return levels
+
+
+class SegResNetDecoder(nn.Module):
+    """C of a MONAI SegResNet: upsampling with additive skips, then the final convolution
+    (``SegResNet.decode``)."""
+
+    def __init__(self, net: SegResNet) -> None:
+        super().__init__()
+        self.up_samples = net.up_samples
+        self.up_layers = net.up_layers
+        self.conv_final = net.conv_final if net.use_conv_final else None
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        skips = levels[::-1]
+        x = skips[0]
+        for i, (up, layer) in enumerate(zip(self.up_samples, self.up_layers, strict=True)):
+            x = layer(up(x) + skips[i + 1])
+        return self.conv_final(x) if self.conv_final is not None else x
+
+
+class BasicUNetEncoder(nn.Module):
+    """M of a MONAI BasicUNet: ``conv_0`` and ``down_1`` … ``down_4`` (five levels)."""
+
+    def __init__(self, net: BasicUNet) -> None:
+        super().__init__()
+        self.conv_0, self.down_1, self.down_2 = net.conv_0, net.down_1, net.down_2
+        self.down_3, self.down_4 = net.down_3, net.down_4
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x0 = self.conv_0(x)
+        x1 = self.down_1(x0)
+        x2 = self.down_2(x1)
+        x3 = self.down_3(x2)
+        return [x0, x1, x2, x3, self.down_4(x3)]
+
+
+class BasicUNetDecoder(nn.Module):
+    """C of a MONAI BasicUNet: ``upcat_4`` … ``upcat_1`` with the skips, then ``final_conv``."""
+
+    def __init__(self, net: BasicUNet) -> None:
+        super().__init__()
+        self.upcat_4, self.upcat_3 = net.upcat_4, net.upcat_3
+        self.upcat_2, self.upcat_1 = net.upcat_2, net.upcat_1
+        self.final_conv = net.final_conv
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        x0, x1, x2, x3, x4 = levels
+        u = self.upcat_4(x4, x3)
+        u = self.upcat_3(u, x2)
+        u = self.upcat_2(u, x1)
+        return self.final_conv(self.upcat_1(u, x0))
+
+
+def split_segmentor(net: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The encoder M and decoder C of a segmentor, sharing its modules (and parameters).
+
+    ``decoder(encoder(x))`` equals ``net(x)``; the encoder returns the feature map of every
+    level (the skips the decoder needs), the last being the bottleneck.
+
+    Raises:
+        ValueError: the network has no encoder/decoder split here (see :data:`SPLITTABLE`).
+    """
+    if isinstance(net, SegResNet):
+        return SegResNetEncoder(net), SegResNetDecoder(net)
+    if isinstance(net, BasicUNet):
+        return BasicUNetEncoder(net), BasicUNetDecoder(net)
+    raise ValueError(
+        f"{type(net).__name__} has no explicit encoder/decoder split; use one of "
+        f"{', '.join(SPLITTABLE)} (MONAI's UNet nests its levels recursively)"
+    )
+
+
+def with_encoder(network_state: dict, encoder_state: dict) -> dict:
+    """A segmentor's state dict with its encoder's weights replaced (keys are shared)."""
+    unknown = set(encoder_state) - set(network_state)
+    if unknown:
+        raise ValueError(f"encoder weights not in the network: {sorted(unknown)[:3]}")
+    return {**network_state, **encoder_state}

@@ -52,6 +52,29 @@ def learning_curves(history: list[dict], path: Path, title: str) -> None:
     save(fig, path)
 
 
+def adda_curves(history: list[dict], path: Path, title: str) -> None:
+    """ADDA's epochs: J_D and J_M, D's mean scores of each domain, source validation Dice."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = (
+        ("losses", (("loss_d", "J_D (discriminator)"), ("loss_m", "J_M (target encoder)"))),
+        ("mean discriminator score", (("d_real", "D(source)"), ("d_fake", "D(target)"))),
+        ("Dice of C∘M_t on held-out source cases", (("val_dice_source", "source Dice"),)),
+    )
+    for ax, (name, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            x, y = _series(history, key)
+            if x:
+                ax.plot(x, y, "o-" if key.startswith("val") else "-", label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[2].set_ylim(0, 1)
+    fig.suptitle(title)
+    save(fig, path)
+
+
 def box_plot(values: dict[str, list[float]], metric: str, path: Path, title: str) -> None:
     """One box per scheme of per-patient values, with the points on top."""
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(values), 3.8))

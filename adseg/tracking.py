@@ -47,6 +47,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -690,7 +691,7 @@ class FoldRun:
         """Continue the fold's run when training resumes (after epoch ``resumed_after``),
         else begin a new one."""
         folder = Path(job.out)
-        parent = parent_ref(self.config, job.scheme)
+        parent = parent_ref(self.config, job.name)
         journal = current_journal(folder)
         if (
             resumed_after is not None
@@ -715,7 +716,7 @@ class FoldRun:
             "domain": "+".join(sorted({dataset[c]["domain"] for c in cases})),
             "device": _device_name(device),
         }
-        journal = new_fold_journal(self.config, job.scheme, job.fold, Path(job.out), tags, parent)
+        journal = new_fold_journal(self.config, job.name, job.fold, Path(job.out), tags, parent)
         journal.config_artifact(self.config)
         for name in ("config.yaml", "plans.json"):
             journal.artifact(Path(job.out) / name, "model")
@@ -833,17 +834,30 @@ def log_evaluation(fold_dir: str | Path, rows: list[dict], files: list[Path], se
 
 
 @_never_fails
-def log_summary(exp_dir: str | Path, metric_files: list[Path], config: dict) -> None:
+def log_summary(
+    exp_dir: str | Path,
+    metric_files: list[Path],
+    config: dict,
+    parent_metrics: Callable[[str], dict[str, float]] | None = None,
+    files: tuple[str, ...] = ("summary.md", "summary.tsv", "tests.tsv"),
+) -> None:
     """Each scheme's parent run: pooled statistics, fold spread, p-values and the summary files.
 
-    Sends first whatever the experiment's fold runs still hold.
+    Sends first whatever the experiment's fold runs still hold. ``exp_dir`` holds the
+    summary ``files`` and a folder per scheme; ``parent_metrics(scheme)`` gives a parent's
+    metrics (default: from the scheme table's summary.tsv and tests.tsv).
     """
     from adseg.qc import read_tsv
 
     exp_dir = Path(exp_dir)
     sync([Path(f).parent for f in metric_files])
-    stats = read_tsv(exp_dir / "summary.tsv")
-    tests = read_tsv(exp_dir / "tests.tsv")
+    if parent_metrics is None:
+        stats = read_tsv(exp_dir / "summary.tsv")
+        tests = read_tsv(exp_dir / "tests.tsv")
+
+        def parent_metrics(scheme: str) -> dict[str, float]:
+            return _parent_metrics(scheme, stats, tests)
+
     parents: dict[str, dict] = {}
     for f in metric_files:
         fold_journal = current_journal(Path(f).parent)
@@ -859,13 +873,39 @@ def log_summary(exp_dir: str | Path, metric_files: list[Path], config: dict) -> 
         journal.config_artifact(tracking_config(config))
         step = journal.count_tag("adseg.summaries") + 1
         journal.tags({"adseg.summaries": step})
-        journal.metrics(_parent_metrics(scheme, stats, tests), step=step)
-        for name in ("summary.md", "summary.tsv", "tests.tsv"):
+        journal.metrics(parent_metrics(scheme), step=step)
+        for name in files:
             journal.artifact(exp_dir / name, "summary")
         for plot in sorted((exp_dir / "plots").glob("*.png")):
             journal.artifact(plot, "summary/plots")
         journal.status("FINISHED")
         report_pending(journal.flush(force=True), journal)
+
+
+def adda_parent_metrics(exp_dir: Path, model: str) -> dict[str, float]:
+    """An ADDA model's parent metrics: per domain and label the pooled mean, std and n, the
+    p-values against the other models, and the mean domain AUC over folds."""
+    from adseg.qc import read_tsv
+    from adseg.summary import _num, _stats
+
+    values: dict[str, float] = {}
+    for s in read_tsv(exp_dir / "summary.tsv"):
+        if s["scheme"] == model and s["fold"] == "all":
+            name = metric_key("test", s["domain"], s["label"], s["metric"])
+            values |= {name: _num(s["mean"]), f"{name}_std": _num(s["std"])}
+            values[f"{name}_n"] = float(s["n"])
+    for t in read_tsv(exp_dir / "tests.tsv"):
+        if model in (t["scheme_a"], t["scheme_b"]):
+            other = t["scheme_b"] if t["scheme_a"] == model else t["scheme_a"]
+            key = metric_key("test", t["domain"], t["label"], f"{t['metric']}_p_vs_{other}")
+            values[key] = _num(t["p"])
+    aucs = [
+        _num(r["domain_auc"]) for r in read_tsv(exp_dir / "domain_auc.tsv") if r["scheme"] == model
+    ]
+    spread = _stats(aucs)
+    if spread["n"]:
+        values["domain_auc"] = spread["mean"]
+    return {k: v for k, v in values.items() if not math.isnan(v)}
 
 
 def _parent_metrics(scheme: str, stats: list[dict], tests: list[dict]) -> dict[str, float]:

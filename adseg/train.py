@@ -353,6 +353,8 @@ def train_fold(
     resume: str = "auto",
     show_progress: bool = True,
     tracker=None,
+    domains: list[str] | None = None,
+    name: str | None = None,
 ) -> dict:
     """Train one scheme on one fold and write its model folder ``out``.
 
@@ -362,6 +364,9 @@ def train_fold(
             fails if there is none or it is from another config; ``auto`` resumes when a
             matching checkpoint exists and starts afresh otherwise (what the workflow uses).
         tracker: an :class:`adseg.tracking.FoldRun` to log the run to MLflow, or None.
+        domains: train and validate on the fold's cases of these scanner domains only (ADDA's
+            source-only model and target oracle); None takes every case.
+        name: what results and MLflow call the model (default: the scheme).
 
     Returns:
         The model spec written to ``model.json``.
@@ -370,7 +375,9 @@ def train_fold(
         ValueError: bad settings, found before any training.
         TrainingError: divergence or discriminator collapse.
     """
-    job = check_job(config, scheme, fold, Path(preprocessed), read_json(splits), Path(out))
+    job = check_job(
+        config, scheme, fold, Path(preprocessed), read_json(splits), Path(out), domains, name
+    )
     t = config["train"]
     device = pick_device(t["device"])
     if device.type == "cpu":
@@ -452,7 +459,7 @@ def _train_epochs(
     epochs = t["epochs"]
     for epoch in progress(
         range(len(history), epochs),
-        f"{job.scheme} fold {job.fold}",
+        f"{job.name} fold {job.fold}",
         total=epochs - len(history),
         enabled=show,
     ):
@@ -563,7 +570,7 @@ def _finish(job: TrainJob, trainer: Trainer, history: list[dict], best: dict) ->
     if trainer.disc is not None:
         spec["quality_threshold"] = quality_threshold(trainer, job)
     _save(trainer.weights(), job.out / "checkpoint_final.pt")
-    learning_curves(history, job.out / "learning_curves.png", f"{job.scheme} fold {job.fold}")
+    learning_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}")
     # model.json last: its presence marks a complete folder
     write_json(job.out / "model.json", spec)
     return spec

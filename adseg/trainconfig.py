@@ -32,6 +32,12 @@ class TrainJob:
     out: Path
     plan: Plan
     spec: dict
+    # what runs, results and MLflow call the model (the scheme, unless a pipeline such as
+    # ADDA names its models itself)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.scheme
 
 
 def downsampling(name: str, features: list[int]) -> int:
@@ -138,9 +144,20 @@ def _case_sizes(preprocessed: Path, case_ids: list[str]) -> dict[str, list[int]]
 
 
 def check_job(
-    config: dict, scheme: str, fold: int, preprocessed: Path, splits: dict, out: Path
+    config: dict,
+    scheme: str,
+    fold: int,
+    preprocessed: Path,
+    splits: dict,
+    out: Path,
+    domains: list[str] | None = None,
+    name: str | None = None,
 ) -> TrainJob:
     """Validate a (scheme, fold) job and build the spec of the model it will write.
+
+    ``domains`` restricts training and validation to the fold's cases of those scanner
+    domains (dataset.json ``domain``); the model is still tested on all the fold's held-out
+    cases (``test_cases``), so its results can be split by domain.
 
     Raises:
         ValueError: every problem found, one per line.
@@ -148,9 +165,11 @@ def check_job(
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme {scheme!r} unknown; choose from {', '.join(SCHEMES)}")
-    for name in ("dataset.json", "plans.json"):
-        if not (preprocessed / name).is_file():
-            raise FileNotFoundError(f"{preprocessed / name}: missing; run 'adseg preprocess' first")
+    for required in ("dataset.json", "plans.json"):
+        if not (preprocessed / required).is_file():
+            raise FileNotFoundError(
+                f"{preprocessed / required}: missing; run 'adseg preprocess' first"
+            )
     dataset = read_json(preprocessed / "dataset.json")
     plan = Plan.from_dict(read_json(preprocessed / "plans.json"))
     splits = validate_splits(splits, case_meta_from_dataset(dataset), "splits")
@@ -158,15 +177,35 @@ def check_job(
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold {fold} is outside the splits: they have folds 0-{n_folds - 1}")
     entry = splits["folds"][fold]
+    if domains:
+        entry = _of_domains(entry, dataset, domains, fold)
     problems = _network_problems(config, scheme)
     if not problems:
         sizes = _case_sizes(preprocessed, entry["train"] + entry["val"])
         problems += _data_problems(config, plan, sizes)
     if problems:
         raise ValueError("cannot train:\n  " + "\n  ".join(problems))
-    return TrainJob(
-        config, scheme, fold, preprocessed, out, plan, _spec(config, scheme, entry, plan)
-    )
+    spec = _spec(config, scheme, entry, plan) | {"name": name or scheme}
+    if domains:
+        spec["domains"] = sorted(domains)
+    return TrainJob(config, scheme, fold, preprocessed, out, plan, spec, name or scheme)
+
+
+def _of_domains(entry: dict, dataset: dict, domains: list[str], fold: int) -> dict:
+    """A fold's entry with training and validation cut to ``domains``; ``test`` keeps all."""
+    cases = dataset["cases"]
+    present = sorted({cases[c]["domain"] for c in entry["train"] + entry["val"]})
+    unknown = sorted(set(domains) - set(present))
+    if unknown:
+        raise ValueError(
+            f"domain {', '.join(unknown)} not in fold {fold}; its cases come from domains "
+            f"{', '.join(present)} (dataset.json 'domain')"
+        )
+    keep = {k: [c for c in entry[k] if cases[c]["domain"] in domains] for k in ("train", "val")}
+    for k, ids in keep.items():
+        if not ids:
+            raise ValueError(f"fold {fold} has no {k} cases of domain {', '.join(domains)}")
+    return entry | keep | {"test": list(entry["val"])}
 
 
 def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
@@ -188,6 +227,8 @@ def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
         "labels": dict(plan.labels),
         "train_cases": list(entry["train"]),
         "val_cases": list(entry["val"]),
+        # what `adseg evaluate` tests on: the held-out cases of every domain
+        "test_cases": list(entry.get("test", entry["val"])),
         "discriminator": None,
     }
     if scheme in ADVERSARIAL_SCHEMES:

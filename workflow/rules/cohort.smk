@@ -7,7 +7,7 @@ if SYNTHETIC:
         log:
             LOGS / "synth_cohort.log",
         benchmark:
-            BENCHMARKS / "synth_cohort.tsv",
+            BENCHMARKS / "synth_cohort.tsv"
         conda:
             CONDA_ENV
         threads: 2
@@ -32,7 +32,7 @@ rule validate_cohort:
     log:
         LOGS / "validate_cohort.log",
     benchmark:
-        BENCHMARKS / "validate_cohort.tsv",
+        BENCHMARKS / "validate_cohort.tsv"
     conda:
         CONDA_ENV
     threads: 2

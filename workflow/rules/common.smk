@@ -7,7 +7,7 @@ from pathlib import Path
 from adseg.config import experiment_dir, resolve_config
 from adseg.io import read_json
 from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
-from adseg.schemes import ADVERSARIAL_SCHEMES, SCHEMES
+from adseg.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.
@@ -55,12 +55,15 @@ def settings(*sections):
     section it uses changes.
     """
     chosen = {
-        s: dict(config[s]) if isinstance(config[s], dict) else config[s] for s in sections
+        s: dict(config[s]) if isinstance(config[s], dict) else config[s]
+        for s in sections
     }
     # how many processes run a stage does not change its results
     chosen.get("preprocess", {}).pop("workers", None)
     for key in ("threads", "workers"):
         chosen.get("train", {}).pop(key, None)
+    # whether the workflow runs the ADDA study is the workflow's business, not a job's
+    chosen.get("adda", {}).pop("enabled", None)
     return shlex.quote(json.dumps(chosen, sort_keys=True))
 
 
@@ -82,3 +85,22 @@ def fold_numbers():
 
 
 FOLDS = fold_numbers()
+
+
+# The ADDA study (rules/adda.smk), when adda.enabled
+ADDA = EXP / "adda"
+ADDA_CFG = config["adda"]
+
+
+def adda_models():
+    """The study's models: source-only, one per ADDA variant, and the oracle."""
+    variants = [f"adda-{v}" for v in ADDA_CFG["variants"]]
+    return [m for m in ADDA_MODELS if m in ("source-only", "oracle") or m in variants]
+
+
+def adda_train_settings(wildcards):
+    """Step 1's scheme settings: the discriminator of label maps only for hybrid."""
+    sections = ["train"]
+    if ADDA_CFG["source_scheme"] in ADVERSARIAL_SCHEMES:
+        sections.append("adversarial")
+    return settings(*sections)

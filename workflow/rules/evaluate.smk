@@ -10,7 +10,7 @@ rule evaluate:
     log:
         LOGS / "evaluate_{scheme}_fold_{fold}.log",
     benchmark:
-        BENCHMARKS / "evaluate_{scheme}_fold_{fold}.tsv",
+        BENCHMARKS / "evaluate_{scheme}_fold_{fold}.tsv"
     wildcard_constraints:
         scheme="|".join(SCHEMES),
         fold=r"\d+",
@@ -44,7 +44,7 @@ rule summarize:
     log:
         LOGS / "summarize.log",
     benchmark:
-        BENCHMARKS / "summarize.tsv",
+        BENCHMARKS / "summarize.tsv"
     conda:
         CONDA_ENV
     threads: 1

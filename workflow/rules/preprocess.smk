@@ -8,7 +8,7 @@ rule preprocess:
     log:
         LOGS / "preprocess.log",
     benchmark:
-        BENCHMARKS / "preprocess.tsv",
+        BENCHMARKS / "preprocess.tsv"
     conda:
         CONDA_ENV
     threads: config["preprocess"]["workers"]

@@ -7,7 +7,7 @@ rule qc:
     log:
         LOGS / "qc.log",
     benchmark:
-        BENCHMARKS / "qc.tsv",
+        BENCHMARKS / "qc.tsv"
     conda:
         CONDA_ENV
     threads: 1

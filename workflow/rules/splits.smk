@@ -9,7 +9,7 @@ rule splits:
     log:
         LOGS / "splits.log",
     benchmark:
-        BENCHMARKS / "splits.tsv",
+        BENCHMARKS / "splits.tsv"
     conda:
         CONDA_ENV
     threads: 1

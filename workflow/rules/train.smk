@@ -10,7 +10,7 @@ rule train:
     log:
         LOGS / "train_{scheme}_fold_{fold}.log",
     benchmark:
-        BENCHMARKS / "train_{scheme}_fold_{fold}.tsv",
+        BENCHMARKS / "train_{scheme}_fold_{fold}.tsv"
     wildcard_constraints:
         scheme="|".join(SCHEMES),
         fold=r"\d+",
