@@ -123,7 +123,7 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
             )
         if adda["source"] == adda["target"]:
             problems.append(f"adda.source and adda.target are both {adda['source']!r}")
-        if "domain" not in config["folds"]["stratify"]:
+        if not config["folds"]["file"] and "domain" not in config["folds"]["stratify"]:
             problems.append(
                 "adda.enabled: folds.stratify must include domain, so every fold has "
                 "patients of both domains"

@@ -38,7 +38,7 @@ def test_unknown_keys_list_allowed_ones():
         resolve_config({"dataset": {"sorce": "msd"}, "epochs": 3})
     message = str(err.value)
     assert (
-        "<top level>: unknown key(s) 'epochs'; allowed: adversarial, dataset, evaluate, "
+        "<top level>: unknown key(s) 'epochs'; allowed: adda, adversarial, dataset, evaluate, "
         "experiment, folds" in message
     )
     assert (

@@ -82,7 +82,7 @@ def test_workflow_rejects_unknown_config_keys():
     run = snakemake("--cores", "1", "--dry-run", "--config", "epochs=3", timeout=120)
     assert run.returncode != 0
     assert (
-        "unknown key(s) 'epochs'; allowed: adversarial, dataset, evaluate, experiment"
+        "unknown key(s) 'epochs'; allowed: adda, adversarial, dataset, evaluate, experiment"
         in run.stdout + run.stderr
     )
 
