@@ -54,7 +54,7 @@ from torch import nn
 
 from adseg import __version__
 from adseg.data import case_items, patch_shape, validation_dataset
-from adseg.inference import make_inferer, predict_probabilities
+from adseg.inference import make_inferer
 from adseg.io import read_json, write_json, write_tsv
 from adseg.log import logger, progress
 from adseg.losses import check_loss
@@ -67,7 +67,7 @@ from adseg.train import (
     TrainingError,
     _resume_state,
     _save,
-    dice_per_class,
+    mean_dice,
     pick_device,
 )
 from adseg.trainconfig import downsampling
@@ -220,9 +220,8 @@ class Adapter:
         self.enc_t, _ = split_segmentor(self.target)
         self.enc_t.requires_grad_(True).train()
         self.opt_t = torch.optim.Adam(self.enc_t.parameters(), lr=a["lr"], betas=(0.5, 0.999))
-        spec_net = config["train"]["network"]
-        dims = spec_net["spatial_dims"]
-        channels = self._channels(dims, config["train"]["patch_size"], device)
+        dims = config["train"]["network"]["spatial_dims"]
+        channels = self._channels(config["train"]["patch_size"], device)
         norm = a["d_norm"]
         if norm == "auto":
             norm = "none" if a["loss"] == "wgan-gp" else "instance"
@@ -235,7 +234,7 @@ class Adapter:
             torch.autocast, device.type, dtype=torch.bfloat16, enabled=amp
         )
 
-    def _channels(self, dims: int, patch: list[int], device) -> int:
+    def _channels(self, patch: list[int], device) -> int:
         with torch.no_grad():
             probe = torch.zeros(1, self._in_channels(), *patch, device=device)
             return int(self.represent(self.enc_s, probe).shape[1])
@@ -467,20 +466,11 @@ def fingerprint(job: AddaJob) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@torch.inference_mode()
 def source_dice(job: AddaJob, net: nn.Module, dataset, inferer, amp: bool) -> float:
     """Mean Dice of C∘M_t on the fold's held-out *source* cases (labelled source data: a
     check that adaptation has not wrecked the decoder's input, not a target metric)."""
-    spec = job.spec
-    dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
-    classes = spec["network"]["out_channels"]
     net.eval()
-    scores = []
-    for item in dataset:
-        probs = predict_probabilities([net], item["image"], inferer, dims, axis, amp=amp)
-        truth = item["label"][0].numpy().astype(int)
-        scores += dice_per_class(truth, probs.argmax(0).numpy(), classes)
-    return float(np.mean(scores)) if scores else math.nan
+    return mean_dice(net, dataset, inferer, job.spec, amp)
 
 
 def adapt_fold(
@@ -574,14 +564,16 @@ def adapt_fold(
         set_track_meta(tracked)
     spec = _finish(job, adapter, history, diagnostic)
     if tracker is not None:
-        tracker.epoch({"epoch": len(history)} | _auc_metrics(diagnostic), None)
+        tracker.metrics(_auc_metrics(diagnostic), step=len(history))
         tracker.finish(spec)
     return spec
 
 
 def _auc_metrics(diagnostic: dict) -> dict:
     return {
-        f"domain_auc_{k}": diagnostic[k] for k in ("before", "after") if diagnostic[k] is not None
+        f"adda/domain_auc_{k}": diagnostic[k]
+        for k in ("before", "after")
+        if diagnostic[k] is not None
     }
 
 

@@ -736,6 +736,14 @@ class FoldRun:
         self.journal.flush()
 
     @_never_fails
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        """Metrics outside the epoch table (e.g. ADDA's domain AUC), logged as they are."""
+        if self.journal is None:
+            return
+        self.journal.metrics(values, step=step)
+        self.journal.flush()
+
+    @_never_fails
     def finish(self, spec: dict) -> None:
         """The model folder and its figures as artifacts; the run FINISHED."""
         if self.journal is None:

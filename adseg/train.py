@@ -88,6 +88,20 @@ def dice_per_class(truth: np.ndarray, pred: np.ndarray, classes: int) -> list[fl
     return [dice(truth == k, pred == k) for k in range(1, classes)]
 
 
+@torch.inference_mode()
+def mean_dice(net, dataset, inferer, spec: dict, amp: bool = False) -> float:
+    """Mean Dice of ``net`` over labelled whole cases and foreground classes, on the
+    preprocessed grid (``spec``: a model spec, for dimensions, slice axis and classes)."""
+    dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
+    classes = spec["network"]["out_channels"]
+    scores = []
+    for item in dataset:
+        probs = predict_probabilities([net], item["image"], inferer, dims, axis, amp=amp)
+        pred = probs.argmax(0).numpy()
+        scores += dice_per_class(item["label"][0].numpy().astype(int), pred, classes)
+    return float(np.mean(scores)) if scores else math.nan
+
+
 class Trainer:
     """The segmentor (and discriminator) of one job, their optimisers and one epoch's steps."""
 
@@ -197,19 +211,9 @@ class Trainer:
                 sums.setdefault(k, []).append(v)
         return {k: float(np.mean(v)) for k, v in sums.items()}
 
-    @torch.inference_mode()
     def validate(self, dataset, inferer) -> float:
         """Mean Dice over the held-out cases and foreground classes (preprocessed grid)."""
-        spatial_dims = self.job.spec["network"]["spatial_dims"]
-        axis = self.job.spec["slice_axis"]
-        scores = []
-        for item in dataset:
-            probs = predict_probabilities(
-                [self.segmentor], item["image"], inferer, spatial_dims, axis, amp=self.amp
-            )
-            pred = probs.argmax(0).numpy()
-            scores += dice_per_class(item["label"][0].numpy().astype(int), pred, self.classes)
-        return float(np.mean(scores)) if scores else math.nan
+        return mean_dice(self.segmentor, dataset, inferer, self.job.spec, self.amp)
 
     def state(self) -> dict:
         """Weights and optimiser states (what ``checkpoint_last.pt`` holds besides history)."""
