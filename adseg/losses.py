@@ -20,6 +20,11 @@ wgan-gp        E[D(fake)] - E[D(real)] + λ·E[(‖∇D(x̂)‖₂ - 1)²]  -E[D
 
 One-sided label smoothing (Salimans et al. 2016) replaces the real target 1 by e.g. 0.9 in the
 losses that have targets (minimax, nonsaturating, lsgan).
+
+Feature matching (Salimans et al. 2016) is a generator loss only: the generator matches the
+batch mean of an intermediate D layer on real data, ``‖E f(real) − E f(fake)‖²``, while D keeps
+the minimax loss. It needs D's features, so :func:`adseg.steps.generator_step` computes it
+(:data:`GAN_LOSSES` lists it beside the losses above).
 """
 
 from __future__ import annotations
@@ -91,13 +96,31 @@ ADVERSARIAL_LOSSES = tuple(D_LOSSES)
 CRITIC_LOSSES = ("wgan", "wgan-gp")
 
 
-def check_loss(name: str) -> str:
-    """Return ``name`` if it is a known adversarial loss, else raise listing the known ones."""
-    if name not in D_LOSSES:
-        raise ValueError(
-            f"adversarial loss {name!r} unknown; choose from {', '.join(ADVERSARIAL_LOSSES)}"
-        )
+# losses of the GAN synthesis modules: the adversarial ones plus feature matching, whose
+# D is trained with the minimax loss
+FEATURE_MATCHING = "feature-matching"
+GAN_LOSSES = (*ADVERSARIAL_LOSSES, FEATURE_MATCHING)
+
+
+def check_loss(name: str, allowed: tuple[str, ...] = ADVERSARIAL_LOSSES) -> str:
+    """Return ``name`` if it is one of ``allowed``, else raise listing them."""
+    if name not in allowed:
+        raise ValueError(f"adversarial loss {name!r} unknown; choose from {', '.join(allowed)}")
     return name
+
+
+def feature_matching(real_features: Tensor, fake_features: Tensor) -> Tensor:
+    """Salimans et al. 2016: ``‖mean_batch f(real) − mean_batch f(fake)‖²₂``.
+
+    Args:
+        real_features, fake_features: an intermediate D layer's activations ``(B, ...)``; the
+            real ones should carry no graph (the generator cannot change them).
+
+    Returns:
+        The squared distance of the batch means, averaged over feature entries so its size
+        does not grow with the layer's width.
+    """
+    return ((real_features.mean(0) - fake_features.mean(0)) ** 2).mean()
 
 
 def discriminator_loss(name: str, real: Tensor, fake: Tensor, real_target: float = 1.0) -> Tensor:
@@ -108,6 +131,8 @@ def discriminator_loss(name: str, real: Tensor, fake: Tensor, real_target: float
         real_target: target for real samples; 0.9 is one-sided label smoothing (ignored by
             hinge and Wasserstein losses, which have no targets).
     """
+    if name == FEATURE_MATCHING:
+        name = "minimax"
     return D_LOSSES[check_loss(name)](real, fake, real_target)
 
 

@@ -7,6 +7,10 @@ one-hot maps, fake = S's softmax maps) and by the GAN synthesis modules.
   gradient reaches the generator.
 - :func:`generator_step`: the generator learns to fool D. D's parameters are frozen
   (``requires_grad_(False)``) for the step, so D is not updated by the generator's loss.
+
+Instance noise (Sønderby et al. 2016; ``noise_std``) adds ``N(0, σ²)`` to everything D sees,
+real and fake, in both steps, so the two distributions overlap and D cannot separate them
+perfectly early on; the caller anneals σ towards 0.
 """
 
 from __future__ import annotations
@@ -18,13 +22,24 @@ from contextlib import AbstractContextManager as ContextManager
 import torch
 from torch import nn
 
-from adseg.losses import discriminator_loss, generator_loss, gradient_penalty
+from adseg.losses import (
+    FEATURE_MATCHING,
+    discriminator_loss,
+    feature_matching,
+    generator_loss,
+    gradient_penalty,
+)
 
 
 def grad_norm(module: nn.Module) -> float:
     """Global L2 norm of the gradients of ``module``'s parameters (0 if there are none)."""
     norms = [p.grad.detach().norm(2) for p in module.parameters() if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def noisy(x: torch.Tensor, std: float) -> torch.Tensor:
+    """``x`` plus instance noise ``N(0, std²)`` (``x`` itself when ``std`` is 0)."""
+    return x + std * torch.randn_like(x) if std > 0 else x
 
 
 def discriminator_step(
@@ -37,11 +52,13 @@ def discriminator_step(
     gp_weight: float = 10.0,
     clip: float = 0.01,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    noise_std: float = 0.0,
 ) -> dict[str, float]:
     """One update of D on a batch of real and generated samples.
 
     L_D = discriminator_loss(D(real), D(fake.detach())), plus λ·GP for ``wgan-gp``; for
     ``wgan`` the weights are clipped to ``[-clip, clip]`` after the step (Arjovsky 2017).
+    ``noise_std`` > 0 adds instance noise to both batches first.
 
     ``autocast`` makes the context for the forward pass (mixed precision on CUDA); the
     backward pass runs outside it, as PyTorch recommends.
@@ -49,7 +66,7 @@ def discriminator_step(
     Returns:
         ``loss_d``, mean raw scores ``d_real`` and ``d_fake``, and ``grad_norm_d``.
     """
-    fake = fake.detach()
+    real, fake = noisy(real, noise_std), noisy(fake.detach(), noise_std)
     disc.requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
     with autocast():
@@ -81,12 +98,17 @@ def generator_step(
     adv_weight: float = 1.0,
     supervised: torch.Tensor | None = None,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    noise_std: float = 0.0,
+    real: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One update of the generator (or segmentor) through a frozen D.
 
     L = adv_weight · generator_loss(D(fake)) + supervised, where ``fake`` still carries the
     generator's graph and ``supervised`` is an optional extra term (the segmentor's
-    cross-entropy in the hybrid scheme: λ·L_mce + L_S).
+    cross-entropy in the hybrid scheme: λ·L_mce + L_S; pix2pix's λ·L1).
+
+    For ``feature-matching`` the adversarial term is
+    :func:`adseg.losses.feature_matching` of ``disc.feature_map`` on ``real`` and ``fake``.
 
     Returns:
         ``loss_g`` (total), ``loss_adv`` and ``grad_norm_g``.
@@ -96,7 +118,7 @@ def generator_step(
     try:
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss_adv = generator_loss(loss, disc(fake).float())
+            loss_adv = _adversarial_term(disc, loss, noisy(fake, noise_std), real, noise_std)
         total = adv_weight * loss_adv
         if supervised is not None:
             total = total + supervised
@@ -111,3 +133,17 @@ def generator_step(
         "loss_adv": float(loss_adv.detach()),
         "grad_norm_g": norm,
     }
+
+
+def _adversarial_term(
+    disc: nn.Module, loss: str, fake: torch.Tensor, real: torch.Tensor | None, noise_std: float
+) -> torch.Tensor:
+    if loss != FEATURE_MATCHING:
+        return generator_loss(loss, disc(fake).float())
+    if real is None or not hasattr(disc, "feature_map"):
+        raise ValueError(
+            "feature matching needs the real batch and a discriminator with feature_map()"
+        )
+    with torch.no_grad():
+        target = disc.feature_map(noisy(real, noise_std)).float()
+    return feature_matching(target, disc.feature_map(fake).float())
