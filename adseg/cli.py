@@ -248,6 +248,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("config", "Print a config with every default filled in (validates it).", _config)
+
+    from adseg.gan.cli import add_gan_commands
+
+    add_gan_commands(sub)
     return parser
 
 

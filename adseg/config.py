@@ -128,6 +128,9 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
                 "adda.enabled: folds.stratify must include domain, so every fold has "
                 "patients of both domains"
             )
+    from adseg.gan.settings import problems as gan_problems
+
+    problems += gan_problems(config)
     splits_file = config["folds"]["file"]
     if splits_file and not (base_dir / splits_file).is_file():
         problems.append(f"folds.file: file {splits_file!r} does not exist")

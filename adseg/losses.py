@@ -29,6 +29,7 @@ the minimax loss. It needs D's features, so :func:`adseg.steps.generator_step` c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -107,6 +108,15 @@ def check_loss(name: str, allowed: tuple[str, ...] = ADVERSARIAL_LOSSES) -> str:
     if name not in allowed:
         raise ValueError(f"adversarial loss {name!r} unknown; choose from {', '.join(allowed)}")
     return name
+
+
+def loss_floor(loss: str, real_target: float) -> float:
+    """The smallest L_D can be: a cross-entropy D loss with a smoothed real target t cannot go
+    below the entropy H(t); the other losses reach 0 (critics have no floor at all)."""
+    t = real_target
+    if loss in ("minimax", "nonsaturating", FEATURE_MATCHING) and 0 < t < 1:
+        return -(t * math.log(t) + (1 - t) * math.log(1 - t))
+    return 0.0
 
 
 def feature_matching(real_features: Tensor, fake_features: Tensor) -> Tensor:

@@ -15,8 +15,10 @@ carries everything needed to use it, so prediction never consults the current co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,11 +118,16 @@ def read_fold(folder: str | Path) -> FoldModel:
     return FoldModel(folder, spec, plan)
 
 
-def read_model(folder: str | Path, folds: list[int] | None = None) -> list[FoldModel]:
-    """All (or the chosen) folds of a model folder ``<scheme>/`` (or one ``fold_<k>/``)."""
+def read_model(
+    folder: str | Path,
+    folds: list[int] | None = None,
+    read: Callable[[Path], Any] = read_fold,
+) -> list:
+    """All (or the chosen) folds of a model folder ``<scheme>/`` (or one ``fold_<k>/``),
+    each read by ``read`` (a segmentor's :func:`read_fold` by default)."""
     folder = Path(folder)
     if (folder / "model.json").is_file():
-        return [read_fold(folder)]
+        return [read(folder)]
     found = {int(p.name[5:]): p for p in folder.glob("fold_*") if p.name[5:].isdigit()}
     if not found:
         raise ModelError(f"{folder}: no model.json and no fold_* folders")
@@ -129,4 +136,4 @@ def read_model(folder: str | Path, folds: list[int] | None = None) -> list[FoldM
     absent = [k for k in folds if k not in found]
     if absent:
         raise ModelError(f"{folder}: no fold(s) {absent}; it has {sorted(found)}")
-    return [read_fold(found[k]) for k in folds]
+    return [read(found[k]) for k in folds]

@@ -52,15 +52,17 @@ def learning_curves(history: list[dict], path: Path, title: str) -> None:
     save(fig, path)
 
 
-def adda_curves(history: list[dict], path: Path, title: str) -> None:
-    """ADDA's epochs: J_D and J_M, D's mean scores of each domain, source validation Dice."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    panels = (
-        ("losses", (("loss_d", "J_D (discriminator)"), ("loss_m", "J_M (target encoder)"))),
-        ("mean discriminator score", (("d_real", "D(source)"), ("d_fake", "D(target)"))),
-        ("Dice of C∘M_t on held-out source cases", (("val_dice_source", "source Dice"),)),
-    )
-    for ax, (name, series) in zip(axes, panels, strict=True):
+def panel_curves(
+    history: list[dict],
+    path: Path,
+    title: str,
+    panels: list[tuple[str, tuple[tuple[str, str], ...]]],
+    unit_panels: tuple[int, ...] = (),
+) -> None:
+    """One panel per ``(name, ((key, label), ...))`` of epoch series; panels whose index is
+    in ``unit_panels`` are drawn on [0, 1]. Validation series (``val_*``) get markers."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6))
+    for i, (ax, (name, series)) in enumerate(zip(axes, panels, strict=True)):
         for key, label in series:
             x, y = _series(history, key)
             if x:
@@ -70,9 +72,20 @@ def adda_curves(history: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[2].set_ylim(0, 1)
+        if i in unit_panels:
+            ax.set_ylim(0, 1)
     fig.suptitle(title)
     save(fig, path)
+
+
+def adda_curves(history: list[dict], path: Path, title: str) -> None:
+    """ADDA's epochs: J_D and J_M, D's mean scores of each domain, source validation Dice."""
+    panels = [
+        ("losses", (("loss_d", "J_D (discriminator)"), ("loss_m", "J_M (target encoder)"))),
+        ("mean discriminator score", (("d_real", "D(source)"), ("d_fake", "D(target)"))),
+        ("Dice of C∘M_t on held-out source cases", (("val_dice_source", "source Dice"),)),
+    ]
+    panel_curves(history, path, title, panels, unit_panels=(2,))
 
 
 def box_plot(values: dict[str, list[float]], metric: str, path: Path, title: str) -> None:

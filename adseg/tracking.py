@@ -87,6 +87,15 @@ EPOCH_METRICS = {
     "lr_d": "train/lr_d",
     "seconds": "train/epoch_seconds",
     "val_dice": "val/dice",
+    # the GAN tasks (adseg.gan)
+    "loss_g": "train/loss_g",
+    "loss_l1": "train/loss_l1",
+    "grad_norm_g": "train/grad_norm_g",
+    "std_ratio": "train/std_ratio",
+    "instance_noise": "train/instance_noise",
+    "val_mae": "val/mae",
+    "val_psnr": "val/psnr",
+    "val_ssim": "val/ssim",
 }
 _down_until: dict[str, float] = {}
 _failures: dict[str, int] = {}
@@ -96,6 +105,7 @@ _warned: set[str] = set()
 RUNTIME = {
     "train": ("threads", "workers", "device", "amp", "val_every"),
     "preprocess": ("workers",),
+    "gan": ("device", "amp"),
 }
 _stores: dict[str, _Store] = {}
 
@@ -134,7 +144,16 @@ def _lock_path(config: dict, uri: str) -> str:
 def model_settings(config: dict, scheme: str) -> dict:
     """A scheme's settings as run params: the resolved config without the tracking and
     evaluation sections, the list of schemes, and (for schemes without a discriminator) the
-    discriminator's section."""
+    discriminator's section. A GAN model (``synthesis-dcgan``) gets the cohort's sections and
+    its own part of the ``gan`` section only."""
+    from adseg.gan.settings import TASKS, job_settings, split_name
+
+    if scheme.startswith(tuple(f"{t}-" for t in TASKS)):
+        task, name = split_name(scheme)
+        shared = ("experiment", "results_dir", "dataset", "preprocess", "folds")
+        return {k: copy.deepcopy(config[k]) for k in shared} | {
+            "gan": job_settings(config, task, name)
+        }
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("mlflow", "evaluate")}
     out.pop("schemes", None)
     if scheme not in ("adversarial", "hybrid"):
@@ -736,6 +755,14 @@ class FoldRun:
         self.journal.flush()
 
     @_never_fails
+    def artifact(self, path: Path, artifact_path: str) -> None:
+        """A file made during the run (a figure of samples), logged now."""
+        if self.journal is None:
+            return
+        self.journal.artifact(path, artifact_path)
+        self.journal.flush()
+
+    @_never_fails
     def metrics(self, values: dict[str, float], step: int) -> None:
         """Metrics outside the epoch table (e.g. ADDA's domain AUC), logged as they are."""
         if self.journal is None:
@@ -813,17 +840,9 @@ def metric_key(*parts: str) -> str:
 
 @_never_fails
 def log_evaluation(fold_dir: str | Path, rows: list[dict], files: list[Path], settings: dict):
-    """A fold's test metrics (means over its held-out patients) and files on its run.
-
-    Each evaluation of the fold is one step (``adseg.evaluations``), so a rerun with other
-    settings adds a point instead of a duplicate.
-    """
+    """A fold's test metrics (means over its held-out patients) and files on its run."""
     from adseg.summary import DERIVED, per_patient
 
-    journal = current_journal(fold_dir)
-    if journal is None:
-        logger.info("%s has no MLflow run (trained without tracking); not logged", fold_dir)
-        return
     patients = per_patient(rows)
     values = {}
     for label in sorted({k[0] for k in patients}):
@@ -831,10 +850,25 @@ def log_evaluation(fold_dir: str | Path, rows: list[dict], files: list[Path], se
         for m in DERIVED:
             values[metric_key("test", label, m)] = _nanmean([float(p[m]) for p in mine])
         values[metric_key("test", label, "n_patients")] = len(mine)
+    log_fold_results(fold_dir, values, files, settings)
+
+
+@_never_fails
+def log_fold_results(
+    fold_dir: str | Path, values: dict, files: list[Path], settings: dict | None = None
+):
+    """Test metrics and files of an evaluation on the fold's run.
+
+    Each evaluation of the fold is one step (``adseg.evaluations``), so a rerun with other
+    ``settings`` (logged as tags) adds a point instead of a duplicate.
+    """
+    journal = current_journal(fold_dir)
+    if journal is None:
+        logger.info("%s has no MLflow run (trained without tracking); not logged", fold_dir)
+        return
     step = journal.count_tag("adseg.evaluations") + 1
-    journal.tags(
-        {"adseg.evaluations": step} | {f"evaluate.{k}": json.dumps(v) for k, v in settings.items()}
-    )
+    tags = {f"evaluate.{k}": json.dumps(v) for k, v in (settings or {}).items()}
+    journal.tags({"adseg.evaluations": step} | tags)
     journal.metrics(values, step=step)
     for path in files:
         journal.artifact(path, "evaluation/overlays" if path.suffix == ".png" else "evaluation")

@@ -35,7 +35,7 @@ from adseg.data import case_items, training_loader, validation_dataset
 from adseg.inference import discriminator_score, make_inferer, one_hot, predict_probabilities
 from adseg.io import atomic_path, read_json, write_json, write_text, write_tsv
 from adseg.log import logger, progress
-from adseg.losses import CRITIC_LOSSES
+from adseg.losses import CRITIC_LOSSES, loss_floor
 from adseg.metrics import dice
 from adseg.modeldir import FORMAT, FORMAT_VERSION, build_discriminator
 from adseg.networks import build_segmentor, discriminator_input
@@ -279,14 +279,6 @@ def _save(obj: dict, path: Path) -> None:
 def _lr(base: float, epoch: int, epochs: int) -> float:
     """nnU-Net's polynomial decay: base · (1 − epoch/epochs)^0.9."""
     return base * (1.0 - epoch / epochs) ** 0.9
-
-
-def loss_floor(loss: str, real_target: float) -> float:
-    """The smallest L_D can be: with a smoothed real target t, BCE cannot go below H(t)."""
-    t = real_target
-    if loss in ("minimax", "nonsaturating") and 0 < t < 1:
-        return -(t * math.log(t) + (1 - t) * math.log(1 - t))
-    return 0.0
 
 
 def _collapsed(history: list[dict], job: TrainJob) -> bool:

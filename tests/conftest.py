@@ -195,6 +195,35 @@ TINY_TRAIN = {
     },
     "adversarial": {"d_features": [8, 16]},
 }
+# GAN models small enough to train for a few epochs in seconds (tests/test_gan_*.py)
+TINY_GAN = {
+    "gan": {
+        "threads": 1,
+        "synthesis": {
+            "image_size": 16,
+            "latent_dim": 8,
+            "epochs": 2,
+            "batch_size": 16,
+            "sample_every": 1,
+            "models": {
+                "dcgan": {"g_width": 8, "d_width": 8},
+                "wgan-gp": {"loss": "wgan-gp", "g_width": 8, "d_width": 8, "d_steps": 2},
+            },
+        },
+        "translation": {
+            "patch_size": [24, 24],
+            "levels": 3,
+            "epochs": 2,
+            "batch_size": 4,
+            "slices_per_case": 3,
+            "sample_every": 1,
+            "models": {
+                "pix2pix": {"g_width": 4, "d_width": 4, "d_layers": 2},
+                "l1": {"adv_weight": 0.0, "g_width": 4},
+            },
+        },
+    }
+}
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,13 @@ import torch
 
 from adseg.losses import (
     ADVERSARIAL_LOSSES,
+    GAN_LOSSES,
+    check_loss,
     discriminator_loss,
+    feature_matching,
     generator_loss,
     gradient_penalty,
+    loss_floor,
 )
 
 
@@ -93,3 +97,42 @@ def test_gradient_penalty_is_differentiable_in_critic_weights():
     gp = gradient_penalty(lambda x: critic(x).squeeze(1), torch.randn(3, 4), torch.randn(3, 4))
     gp.backward()
     assert critic.weight.grad is not None and critic.weight.grad.abs().sum() > 0
+
+
+def test_loss_floor_of_smoothed_targets():
+    floor = loss_floor("nonsaturating", 0.9)
+    assert floor == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+    # the best a discriminator can do: sigmoid(real) = 0.9, sigmoid(fake) = 0
+    best = discriminator_loss(
+        "nonsaturating",
+        torch.full((4,), math.log(9.0)),
+        torch.full((4,), -50.0),
+        real_target=0.9,
+    )
+    assert float(best) == pytest.approx(floor, abs=1e-6)
+    assert loss_floor("nonsaturating", 1.0) == 0.0 and loss_floor("hinge", 0.9) == 0.0
+    # feature matching trains D with the minimax loss, so it has the same floor
+    assert loss_floor("feature-matching", 0.9) == pytest.approx(floor)
+
+
+def test_feature_matching_is_the_squared_distance_of_batch_means():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # batch mean (2, 3)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]])  # batch mean (1, 1)
+    # ((2 - 1)² + (3 - 1)²) / 2 entries
+    assert feature_matching(real, fake).item() == pytest.approx(2.5)
+    # same means, different samples: nothing to match (it ignores how samples spread)
+    assert feature_matching(real, real.flip(0)).item() == 0.0
+
+
+def test_feature_matching_d_loss_is_minimax():
+    assert discriminator_loss("feature-matching", REAL, FAKE).item() == pytest.approx(
+        discriminator_loss("minimax", REAL, FAKE).item()
+    )
+
+
+def test_gan_losses_extend_the_segmentation_ones():
+    assert (*ADVERSARIAL_LOSSES, "feature-matching") == GAN_LOSSES
+    # the segmentation schemes do not take feature matching (their D has no features API)
+    with pytest.raises(ValueError, match="choose from minimax"):
+        check_loss("feature-matching")
+    assert check_loss("feature-matching", GAN_LOSSES) == "feature-matching"

@@ -6,15 +6,29 @@ import pytest
 import torch
 from torch import nn
 
-from adseg.losses import ADVERSARIAL_LOSSES
+from adseg.losses import GAN_LOSSES
 from adseg.steps import discriminator_step, generator_step
+
+
+class Disc(nn.Module):
+    """A small D with the feature_map() that feature matching uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(8, 1)
+
+    def feature_map(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x)).squeeze(1)
 
 
 def nets():
     torch.manual_seed(0)
     gen = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    disc = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1), nn.Flatten(0))
-    return gen, disc
+    return gen, Disc()
 
 
 def snapshot(module):
@@ -25,7 +39,7 @@ def changed(before, module):
     return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("loss", ADVERSARIAL_LOSSES)
+@pytest.mark.parametrize("loss", GAN_LOSSES)
 def test_d_step_updates_only_d(loss):
     gen, disc = nets()
     # one optimizer over both nets: only the step's own gradient handling keeps G still
@@ -38,12 +52,13 @@ def test_d_step_updates_only_d(loss):
     assert set(stats) == {"loss_d", "d_real", "d_fake", "grad_norm_d"} and stats["grad_norm_d"] > 0
 
 
-@pytest.mark.parametrize("loss", ADVERSARIAL_LOSSES)
+@pytest.mark.parametrize("loss", GAN_LOSSES)
 def test_g_step_updates_only_g(loss):
     gen, disc = nets()
     opt = torch.optim.SGD([*gen.parameters(), *disc.parameters()], lr=0.1)
     g0, d0 = snapshot(gen), snapshot(disc)
-    stats = generator_step(gen, disc, opt, gen(torch.randn(6, 4)), loss)
+    real = torch.randn(6, 3)
+    stats = generator_step(gen, disc, opt, gen(torch.randn(6, 4)), loss, real=real)
     assert changed(g0, gen) and not changed(d0, disc)
     assert all(p.grad is None for p in disc.parameters())  # D was frozen
     assert all(p.requires_grad for p in disc.parameters())  # and is trainable again
@@ -52,10 +67,10 @@ def test_g_step_updates_only_g(loss):
 
 def test_g_step_restores_frozen_parameters_as_they_were():
     gen, disc = nets()
-    disc[0].weight.requires_grad_(False)  # a layer the caller froze on purpose
+    disc.body[0].weight.requires_grad_(False)  # a layer the caller froze on purpose
     opt = torch.optim.SGD(gen.parameters(), lr=0.1)
     generator_step(gen, disc, opt, gen(torch.randn(6, 4)), "hinge")
-    assert not disc[0].weight.requires_grad and disc[0].bias.requires_grad
+    assert not disc.body[0].weight.requires_grad and disc.body[0].bias.requires_grad
 
 
 def test_supervised_term_is_added():
@@ -71,3 +86,37 @@ def test_wgan_clips_critic_weights():
     opt_d = torch.optim.SGD(disc.parameters(), lr=10.0)
     discriminator_step(disc, opt_d, torch.randn(6, 3), gen(torch.randn(6, 4)), "wgan", clip=0.01)
     assert max(p.abs().max().item() for p in disc.parameters()) <= 0.01 + 1e-7
+
+
+def test_feature_matching_needs_the_real_batch():
+    gen, disc = nets()
+    opt = torch.optim.SGD(gen.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="feature matching needs the real batch"):
+        generator_step(gen, disc, opt, gen(torch.randn(6, 4)), "feature-matching")
+
+
+def test_feature_matching_step_moves_fake_features_toward_real_ones():
+    from adseg.losses import feature_matching
+
+    gen, disc = nets()
+    opt = torch.optim.SGD(gen.parameters(), lr=0.05)
+    z, real = torch.randn(16, 4), torch.randn(16, 3) + 2.0
+    with torch.no_grad():
+        before = feature_matching(disc.feature_map(real), disc.feature_map(gen(z))).item()
+    for _ in range(20):
+        generator_step(gen, disc, opt, gen(z), "feature-matching", real=real)
+    with torch.no_grad():
+        after = feature_matching(disc.feature_map(real), disc.feature_map(gen(z))).item()
+    assert after < 0.5 * before
+
+
+def test_instance_noise_changes_what_d_sees_and_zero_noise_does_not():
+    gen, disc = nets()
+    real, fake = torch.randn(6, 3), gen(torch.randn(6, 4)).detach()
+    lr0 = torch.optim.SGD(disc.parameters(), lr=0.0)  # measure without updating
+    clean = discriminator_step(disc, lr0, real, fake, "minimax")
+    again = discriminator_step(disc, lr0, real, fake, "minimax", noise_std=0.0)
+    torch.manual_seed(1)
+    noisy = discriminator_step(disc, lr0, real, fake, "minimax", noise_std=1.0)
+    assert again["loss_d"] == clean["loss_d"]
+    assert noisy["loss_d"] != pytest.approx(clean["loss_d"], abs=1e-4)

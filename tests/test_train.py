@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import signal
@@ -23,7 +22,6 @@ from adseg.train import (
     Trainer,
     TrainingError,
     fingerprint,
-    loss_floor,
     pick_device,
     train_fold,
 )
@@ -227,22 +225,6 @@ def test_fingerprint_covers_settings_schedule_and_data(tiny_experiment, tmp_path
     image[0, 0, 0] = 1
     sitk.WriteImage(image, str(label))
     assert fingerprint(_job({**tiny_experiment, "preprocessed": pre})) != base
-
-
-def test_loss_floor_of_smoothed_targets():
-    from adseg.losses import discriminator_loss
-
-    floor = loss_floor("nonsaturating", 0.9)
-    assert floor == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
-    # the best a discriminator can do: sigmoid(real) = 0.9, sigmoid(fake) = 0
-    best = discriminator_loss(
-        "nonsaturating",
-        torch.full((4,), math.log(9.0)),
-        torch.full((4,), -50.0),
-        real_target=0.9,
-    )
-    assert float(best) == pytest.approx(floor, abs=1e-6)
-    assert loss_floor("nonsaturating", 1.0) == 0.0 and loss_floor("hinge", 0.9) == 0.0
 
 
 def test_nan_voxels_give_a_non_finite_loss_that_stops_training(tiny_experiment, tmp_path):

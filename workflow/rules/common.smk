@@ -8,6 +8,8 @@ from adseg.config import experiment_dir, resolve_config
 from adseg.io import read_json
 from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
 from adseg.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
+from adseg.gan.settings import job_settings as gan_job_settings
+from adseg.gan.settings import model_names as gan_model_names
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.
@@ -104,3 +106,32 @@ def adda_train_settings(wildcards):
     if ADDA_CFG["source_scheme"] in ADVERSARIAL_SCHEMES:
         sections.append("adversarial")
     return settings(*sections)
+
+
+# The GAN tasks (rules/gan.smk), when gan.enabled
+GAN = EXP / "gan"
+GAN_CFG = config["gan"]
+
+
+def gan_folds(task):
+    """The folds a GAN task trains: gan.<task>.folds, or all."""
+    chosen = GAN_CFG[task]["folds"]
+    return FOLDS if chosen is None else chosen
+
+
+def gan_outputs(task, name):
+    """Each configured model's fold files of a task (model.json or metrics.tsv)."""
+    if task not in GAN_CFG["tasks"]:
+        return []
+    return [
+        GAN / f"{model}" / f"fold_{fold}" / name
+        for model in gan_model_names(config, task)
+        for fold in gan_folds(task)
+    ]
+
+
+def gan_train_settings(wildcards):
+    """One GAN job's settings: its task's section with only its model (so a change to another
+    model reruns nothing of this one)."""
+    cfg = {"gan": gan_job_settings(config, wildcards.task, wildcards.model)}
+    return shlex.quote(json.dumps(cfg, sort_keys=True))

@@ -1,0 +1,75 @@
+"""The GAN tasks' figures: learning curves, sample grids and translation examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adseg.plots import panel_curves, plt, save
+
+
+def gan_curves(history: list[dict], path: Path, title: str) -> None:
+    """Losses, D's mean raw scores, and G's spread (synthesis) or held-out errors
+    (translation) against epoch."""
+    third = (
+        ("held-out MAE / SSIM", (("val_mae", "MAE"), ("val_ssim", "SSIM")))
+        if any("val_mae" in h for h in history)
+        else ("G's spread / real spread", (("std_ratio", "std ratio"),))
+    )
+    panels = [
+        ("losses", (("loss_d", "L_D"), ("loss_g", "L_G (adversarial)"), ("loss_l1", "L1"))),
+        ("mean discriminator score", (("d_real", "D(real)"), ("d_fake", "D(fake)"))),
+        third,
+    ]
+    panel_curves(history, path, title, panels)
+
+
+def image_grid(
+    images: torch.Tensor | np.ndarray,
+    path: Path,
+    title: str,
+    captions: Sequence[str] | None = None,
+    columns: int = 8,
+) -> None:
+    """Slices ``(N, H, W)`` in [-1, 1] as a grey grid (first axis down, as in the QC figures)."""
+    images = np.asarray(images)
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.4))
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i].T, cmap="gray", vmin=-1, vmax=1, origin="lower")
+            if captions:
+                ax.set_title(captions[i], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    save(fig, path)
+
+
+def translation_examples(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    path: Path,
+    title: str,
+    names: tuple[str, str],
+) -> None:
+    """Per row: (caption, source, real target, generated target) slices in [-1, 1], with the
+    absolute error; ``names``: the source and target channels."""
+    fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.3 * len(rows) + 0.4), squeeze=False)
+    heads = (names[0], f"real {names[1]}", f"generated {names[1]}", "|error|")
+    for r, (caption, src, real, fake) in enumerate(rows):
+        for c, (image, vmin, vmax, cmap) in enumerate(
+            ((src, -1, 1, "gray"), (real, -1, 1, "gray"), (fake, -1, 1, "gray"))
+            + ((np.abs(fake - real), 0, 1, "magma"),)
+        ):
+            ax = axes[r, c]
+            ax.imshow(image.T, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(heads[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(caption, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    save(fig, path)
