@@ -7,9 +7,10 @@ target), fake = (source, G(source)). G minimises ``adv_weight · L_G + l1_weight
 1 and 100); ``adv_weight`` 0 trains on L1 alone, without D (the paper's ablation).
 
 Training draws random slices of a fold's training patients, randomly cropped to
-``patch_size``; the fully convolutional U-Net then translates whole slices of any size. :func:`evaluate_translation` compares
-generated and real target channels of the fold's held-out patients (MAE, PSNR, SSIM, with
-MONAI's metrics) on the generators' [-1, 1] scale.
+``patch_size``; the fully convolutional U-Net then translates whole slices of any size.
+:func:`adseg.gan.apply.evaluate_translation` compares generated and real target channels of
+the fold's held-out patients (MAE, PSNR, SSIM, with MONAI's metrics) on the generators'
+[-1, 1] scale.
 """
 
 from __future__ import annotations
