@@ -37,7 +37,9 @@ def image_grid(
     """Slices ``(N, H, W)`` in [-1, 1] as a grey grid (first axis down, as in the QC figures)."""
     images = np.asarray(images)
     rows = int(np.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.4))
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.5), layout="constrained"
+    )
     for i, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.axis("off")
         if i < len(images):
@@ -56,7 +58,9 @@ def translation_examples(
 ) -> None:
     """Per row: (caption, source, real target, generated target) slices in [-1, 1], with the
     absolute error; ``names``: the source and target channels."""
-    fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.3 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), 4, figsize=(9, 2.3 * len(rows) + 0.5), squeeze=False, layout="constrained"
+    )
     heads = (names[0], f"real {names[1]}", f"generated {names[1]}", "|error|")
     for r, (caption, src, real, fake) in enumerate(rows):
         for c, (image, vmin, vmax, cmap) in enumerate(

@@ -366,6 +366,8 @@ def train_synthesis(
     spec = _finish(job, trainer, history, evaluation)
     if tracker is not None:
         tracker.metrics({f"test/{k}": float(v) for k, v in evaluation.items()}, len(history))
+        for name in ("evaluation.json", "samples.png"):
+            tracker.artifact(job.out / name, "evaluation")
         tracker.finish(spec)
     return spec
 
