@@ -106,6 +106,25 @@ def _case_from_files(case_id: str, files: list[Path], n_channels: int) -> InputC
     return InputCase(case_id, [ChannelSource(p, None) for p in files])
 
 
+def channel_files(folder: Path) -> dict[str, dict[int, Path]]:
+    """A folder's NIfTI files in nnU-Net naming, by case and channel index.
+
+    Raises:
+        PredictError: a file not named ``<case>_<channel:04d>.nii.gz``, or no files.
+    """
+    groups: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        match = CHANNEL_FILE.match(_nifti_name(path))
+        if not match:
+            raise PredictError(f"{path}: name is not <case>_<channel:04d>.nii.gz")
+        groups.setdefault(match["case"], {})[int(match["channel"])] = path
+    if not groups:
+        raise PredictError(f"{folder}: no NIfTI files")
+    return groups
+
+
 def collect_inputs(inputs: list[Path], channel_names: list[str]) -> list[InputCase]:
     """Cases from a folder in nnU-Net naming, or from the channel files of one case in order.
 
@@ -114,16 +133,7 @@ def collect_inputs(inputs: list[Path], channel_names: list[str]) -> list[InputCa
     """
     n = len(channel_names)
     if len(inputs) == 1 and inputs[0].is_dir():
-        groups: dict[str, dict[int, Path]] = {}
-        for path in sorted(inputs[0].iterdir()):
-            if path.name.startswith(".") or path.is_dir():
-                continue
-            match = CHANNEL_FILE.match(_nifti_name(path))
-            if not match:
-                raise PredictError(f"{path}: name is not <case>_<channel:04d>.nii.gz")
-            groups.setdefault(match["case"], {})[int(match["channel"])] = path
-        if not groups:
-            raise PredictError(f"{inputs[0]}: no NIfTI files")
+        groups = channel_files(inputs[0])
         cases = []
         for case_id, by_channel in groups.items():
             if set(by_channel) == {0}:

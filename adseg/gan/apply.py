@@ -33,6 +33,7 @@ from adseg.predict import (
     _read_summary,
     _volumes,
     _write_summary,
+    channel_files,
     check_voxels,
     check_writable,
     write_like,
@@ -219,16 +220,7 @@ def _source_files(inputs: list[Path], index: int) -> list[tuple[str, ChannelSour
     """(case id, source channel) of each input: from a folder in nnU-Net naming (the file of
     channel ``index``, or volume ``index`` of a 4-D ``_0000`` file), or the given files."""
     if len(inputs) == 1 and inputs[0].is_dir():
-        groups: dict[str, dict[int, Path]] = {}
-        for path in sorted(inputs[0].iterdir()):
-            if path.name.startswith(".") or path.is_dir():
-                continue
-            match = CHANNEL_FILE.match(_nifti_name(path))
-            if not match:
-                raise PredictError(f"{path}: name is not <case>_<channel:04d>.nii.gz")
-            groups.setdefault(match["case"], {})[int(match["channel"])] = path
-        if not groups:
-            raise PredictError(f"{inputs[0]}: no NIfTI files")
+        groups = channel_files(inputs[0])
         return [_source_of(case, files, index) for case, files in groups.items()]
     out = []
     for path in inputs:

@@ -15,9 +15,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -203,6 +204,40 @@ class Trainer(Protocol):
     def load_state(self, state: dict) -> None: ...
 
 
+class GanTrainer:
+    """The state a task's trainer keeps: G, D (None for L1-only translation) and their
+    optimisers, saved and restored by name."""
+
+    gen: nn.Module
+    disc: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+
+    def parts(self) -> dict:
+        return {
+            "generator": self.gen,
+            "discriminator": self.disc,
+            "opt_g": self.opt_g,
+            "opt_d": self.opt_d,
+        }
+
+    def state(self) -> dict:
+        """Weights and optimiser states, for ``checkpoint_last.pt``."""
+        parts = self.parts().items()
+        return {name: part.state_dict() for name, part in parts if part is not None}
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of :meth:`state`."""
+        for name, part in self.parts().items():
+            if part is not None:
+                part.load_state_dict(state[name])
+
+    def weights(self) -> dict:
+        """The networks' weights, for ``checkpoint_final.pt``."""
+        state = self.state()
+        return {k: state[k] for k in ("generator", "discriminator") if k in state}
+
+
 def start(job: GanJob, resume: str, threads: int | None) -> tuple[torch.device, str, dict | None]:
     """Device, fingerprint and the checkpoint to resume from (``resume``: no, yes, auto)."""
     g = job.config["gan"]
@@ -232,14 +267,28 @@ def run_epochs(
     columns: tuple[str, ...],
     show: bool,
     tracker=None,
-) -> None:
-    """Train epoch by epoch from ``len(history)``, checking, logging and checkpointing each.
+    then: Callable[[], Any] | None = None,
+) -> Any:
+    """Train epoch by epoch from ``len(history)``, checking, logging and checkpointing each;
+    then call ``then`` (an evaluation) and return what it returns.
+
+    An error or interruption in either marks the tracker's run FAILED or KILLED first.
 
     Args:
         reseed: called with each epoch's seed before its updates (random transforms, samplers).
         columns: of ``training_log.tsv``.
         tracker: an :class:`adseg.tracking.FoldRun`, or None.
     """
+    try:
+        _epochs(job, trainer, loader, reseed, history, key, columns, show, tracker)
+        return then() if then is not None else None
+    except BaseException as err:
+        if tracker is not None:
+            tracker.fail(err)
+        raise
+
+
+def _epochs(job, trainer, loader, reseed, history, key, columns, show, tracker) -> None:
     s, seed = job.section, job.config["gan"]["seed"]
     for epoch in progress(
         range(len(history), s["epochs"]),

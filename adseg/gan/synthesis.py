@@ -23,6 +23,7 @@ from adseg import __version__
 from adseg.data import slice_axis
 from adseg.gan.common import (
     GanJob,
+    GanTrainer,
     make_autocast,
     make_job,
     mean_stats,
@@ -127,7 +128,7 @@ def build_discriminator(spec: dict) -> DCGANDiscriminator:
     )
 
 
-class SynthesisTrainer:
+class SynthesisTrainer(GanTrainer):
     """G, D, their optimisers and one epoch of updates."""
 
     def __init__(self, job: GanJob, device: torch.device) -> None:
@@ -232,20 +233,6 @@ class SynthesisTrainer:
         classes = self.spec["classes"]
         return [f"{classes[int(k)]}" for k in self.fixed_y] if classes else None
 
-    def state(self) -> dict:
-        return {
-            "generator": self.gen.state_dict(),
-            "discriminator": self.disc.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-        }
-
-    def load_state(self, state: dict) -> None:
-        self.gen.load_state_dict(state["generator"])
-        self.disc.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256) -> float:
     """Sliced Wasserstein-1 distance between two sets of images ``(N, ...)`` and ``(M, ...)``.
@@ -346,23 +333,18 @@ def train_synthesis(
     )
     if tracker is not None:
         tracker.start(job, len(history) if state is not None else None, device, job.splits)
-    try:
-        run_epochs(
-            job,
-            trainer,
-            loader,
-            sampler_rng.manual_seed,
-            history,
-            key,
-            LOG_COLUMNS,
-            show_progress,
-            tracker,
-        )
-        evaluation = evaluate_samples(trainer, train_set, test_set)
-    except BaseException as err:
-        if tracker is not None:
-            tracker.fail(err)
-        raise
+    evaluation = run_epochs(
+        job,
+        trainer,
+        loader,
+        sampler_rng.manual_seed,
+        history,
+        key,
+        LOG_COLUMNS,
+        show_progress,
+        tracker,
+        then=lambda: evaluate_samples(trainer, train_set, test_set),
+    )
     spec = _finish(job, trainer, history, evaluation)
     if tracker is not None:
         tracker.metrics({f"test/{k}": float(v) for k, v in evaluation.items()}, len(history))
@@ -408,10 +390,7 @@ def _finish(job: GanJob, trainer: SynthesisTrainer, history: list[dict], evaluat
         "best_val_dice": None,
         "evaluation": evaluation,
     }
-    _save(
-        {"generator": trainer.gen.state_dict(), "discriminator": trainer.disc.state_dict()},
-        job.out / "checkpoint_final.pt",
-    )
+    _save(trainer.weights(), job.out / "checkpoint_final.pt")
     write_json(job.out / "evaluation.json", evaluation)
     last = sorted((job.out / "samples").glob("epoch_*.png"))
     if last:

@@ -26,6 +26,7 @@ from adseg import __version__
 from adseg.data import slice_axis
 from adseg.gan.common import (
     GanJob,
+    GanTrainer,
     make_autocast,
     make_job,
     mean_stats,
@@ -168,7 +169,7 @@ def image_metrics(fake: np.ndarray, real: np.ndarray, axis: int) -> dict[str, fl
     }
 
 
-class TranslationTrainer:
+class TranslationTrainer(GanTrainer):
     """G, D (unless ``adv_weight`` is 0), their optimisers and one epoch of updates."""
 
     def __init__(self, job: GanJob, device: torch.device, validation: dict[str, np.ndarray]):
@@ -262,25 +263,6 @@ class TranslationTrainer:
         )
         self.gen.train()
         return [path]
-
-    def state(self) -> dict:
-        state = {"generator": self.gen.state_dict(), "opt_g": self.opt_g.state_dict()}
-        if self.disc is not None:
-            state |= {"discriminator": self.disc.state_dict(), "opt_d": self.opt_d.state_dict()}
-        return state
-
-    def load_state(self, state: dict) -> None:
-        self.gen.load_state_dict(state["generator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        if self.disc is not None:
-            self.disc.load_state_dict(state["discriminator"])
-            self.opt_d.load_state_dict(state["opt_d"])
-
-    def weights(self) -> dict:
-        out = {"generator": self.gen.state_dict()}
-        if self.disc is not None:
-            out["discriminator"] = self.disc.state_dict()
-        return out
 
 
 def examples(results: dict, spec: dict, path: Path, title: str) -> None:
