@@ -78,6 +78,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` atomically."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def format_cell(v: Any) -> str:
     """A TSV cell: empty for None, floats to 6 significant digits (NaN as ``nan``)."""
     if v is None:

@@ -127,7 +127,14 @@ def read_model(
     each read by ``read`` (a segmentor's :func:`read_fold` by default)."""
     folder = Path(folder)
     if (folder / "model.json").is_file():
-        return [read(folder)]
+        model = read(folder)
+        fold = model.spec.get("fold")
+        if folds is not None and list(folds) != [fold]:
+            raise ModelError(
+                f"{folder}: one fold folder (fold {fold}); folds {list(folds)} were asked for. "
+                "Give the model folder above it to choose folds"
+            )
+        return [model]
     found = {int(p.name[5:]): p for p in folder.glob("fold_*") if p.name[5:].isdigit()}
     if not found:
         raise ModelError(f"{folder}: no model.json and no fold_* folders")

@@ -37,9 +37,20 @@ def grad_norm(module: nn.Module) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
-def noisy(x: torch.Tensor, std: float) -> torch.Tensor:
-    """``x`` plus instance noise ``N(0, std²)`` (``x`` itself when ``std`` is 0)."""
-    return x + std * torch.randn_like(x) if std > 0 else x
+ALL = slice(None)
+
+
+def noisy(x: torch.Tensor, std: float, channels: slice = ALL) -> torch.Tensor:
+    """``x`` plus instance noise ``N(0, std²)`` on ``channels`` (``x`` itself when ``std``
+    is 0). Conditioning channels (a class map, pix2pix's source image) are left out: they
+    are the same on the real and the fake side, so noise there only blurs what D is told."""
+    if std <= 0:
+        return x
+    if channels == ALL:
+        return x + std * torch.randn_like(x)
+    out = x.clone()
+    out[:, channels] += std * torch.randn_like(x[:, channels])
+    return out
 
 
 def discriminator_step(
@@ -53,12 +64,13 @@ def discriminator_step(
     clip: float = 0.01,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     noise_std: float = 0.0,
+    noise_channels: slice = ALL,
 ) -> dict[str, float]:
     """One update of D on a batch of real and generated samples.
 
     L_D = discriminator_loss(D(real), D(fake.detach())), plus λ·GP for ``wgan-gp``; for
     ``wgan`` the weights are clipped to ``[-clip, clip]`` after the step (Arjovsky 2017).
-    ``noise_std`` > 0 adds instance noise to both batches first.
+    ``noise_std`` > 0 adds instance noise to both batches' ``noise_channels`` first.
 
     ``autocast`` makes the context for the forward pass (mixed precision on CUDA); the
     backward pass runs outside it, as PyTorch recommends.
@@ -66,7 +78,8 @@ def discriminator_step(
     Returns:
         ``loss_d``, mean raw scores ``d_real`` and ``d_fake``, and ``grad_norm_d``.
     """
-    real, fake = noisy(real, noise_std), noisy(fake.detach(), noise_std)
+    real = noisy(real, noise_std, noise_channels)
+    fake = noisy(fake.detach(), noise_std, noise_channels)
     disc.requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
     with autocast():
@@ -100,6 +113,7 @@ def generator_step(
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     noise_std: float = 0.0,
     real: torch.Tensor | None = None,
+    noise_channels: slice = ALL,
 ) -> dict[str, float]:
     """One update of the generator (or segmentor) through a frozen D.
 
@@ -118,7 +132,10 @@ def generator_step(
     try:
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss_adv = _adversarial_term(disc, loss, noisy(fake, noise_std), real, noise_std)
+            fake = noisy(fake, noise_std, noise_channels)
+            if real is not None and loss == FEATURE_MATCHING:
+                real = noisy(real, noise_std, noise_channels)
+            loss_adv = _adversarial_term(disc, loss, fake, real)
         total = adv_weight * loss_adv
         if supervised is not None:
             total = total + supervised
@@ -136,7 +153,7 @@ def generator_step(
 
 
 def _adversarial_term(
-    disc: nn.Module, loss: str, fake: torch.Tensor, real: torch.Tensor | None, noise_std: float
+    disc: nn.Module, loss: str, fake: torch.Tensor, real: torch.Tensor | None
 ) -> torch.Tensor:
     if loss != FEATURE_MATCHING:
         return generator_loss(loss, disc(fake).float())
@@ -145,5 +162,5 @@ def _adversarial_term(
             "feature matching needs the real batch and a discriminator with feature_map()"
         )
     with torch.no_grad():
-        target = disc.feature_map(noisy(real, noise_std)).float()
+        target = disc.feature_map(real).float()
     return feature_matching(target, disc.feature_map(fake).float())

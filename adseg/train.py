@@ -63,10 +63,11 @@ class TrainingError(RuntimeError):
     """Training diverged (non-finite loss) or the discriminator collapsed."""
 
 
-def pick_device(choice: str) -> torch.device:
-    """``auto`` takes CUDA when available; ``cuda`` without a GPU is an error."""
+def pick_device(choice: str, setting: str = "train.device") -> torch.device:
+    """``auto`` takes CUDA when available; ``cuda`` without a GPU is an error naming
+    ``setting`` (the option or config key the choice came from)."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is cuda, but PyTorch sees no CUDA device")
+        raise ValueError(f"{setting} is cuda, but PyTorch sees no CUDA device")
     auto = choice == "auto"
     if auto:
         choice = "cuda" if torch.cuda.is_available() else "cpu"

@@ -64,6 +64,18 @@ def test_job_settings_hold_only_the_jobs_model():
     assert "translation" not in settings and settings["seed"] == 0
 
 
+def test_adding_a_fold_changes_no_jobs_settings():
+    # the workflow passes these settings as params: a change reruns the job
+    one = resolve_config({"gan": {"synthesis": {"folds": [0]}}})
+    two = resolve_config({"gan": {"synthesis": {"folds": [0, 1]}}})
+    assert job_settings(one, "synthesis", "dcgan") == job_settings(two, "synthesis", "dcgan")
+
+
+def test_gan_folds_must_exist():
+    with pytest.raises(ConfigError, match=r"gan.synthesis.folds \[0, 4\]: folds.n is 4"):
+        resolve_config({"gan": {"synthesis": {"folds": [0, 4]}}})
+
+
 def test_model_names_split_back():
     assert split_name("synthesis-wgan-gp") == ("synthesis", "wgan-gp")
     with pytest.raises(ValueError, match="names are <task>-<model>"):

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_GAN
 
 from adseg.config import deep_merge, resolve_config
-from adseg.gan.common import GanError, check_epoch
+from adseg.gan.common import GanError, check_epoch, spread_ratio
 from adseg.gan.synthesis import sliced_wasserstein, train_synthesis, widths
 from adseg.io import read_json
 
@@ -92,6 +92,12 @@ def test_check_epoch_stops_a_collapsed_generator():
     check_epoch([row(1, std=0.01), row(2, std=0.3)], recipe())
 
 
+def test_batches_of_one_give_no_collapse_verdict():
+    assert spread_ratio(torch.ones(1, 1, 4, 4), torch.randn(1, 1, 4, 4)) == {}
+    no_spread = [{"epoch": k, "loss_d": 0.7, "d_real": 1.0, "d_fake": -1.0} for k in (1, 2, 3)]
+    check_epoch(no_spread, recipe())
+
+
 def test_dcgan_trains_and_writes_a_self_describing_folder(tiny_experiment, tmp_path):
     out = tmp_path / "synthesis-dcgan" / "fold_0"
     spec = train(tiny_experiment, out)
@@ -147,6 +153,15 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_experiment, tmp_path
         train(tiny_experiment, out, config=gan_config(latent_dim=4), resume="yes")
 
 
+def test_a_fresh_start_leaves_nothing_of_the_earlier_run(tiny_experiment, tmp_path):
+    out = tmp_path / "fold"
+    train(tiny_experiment, out, config=gan_config(epochs=3))
+    assert (out / "samples" / "epoch_0003.png").is_file()
+    train(tiny_experiment, out, config=gan_config(epochs=1), resume="no")
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_0001.png"]
+    assert read_json(out / "model.json")["epochs_trained"] == 1
+
+
 def test_wgan_gp_and_feature_matching_recipes_train(tiny_experiment, tmp_path):
     config = gan_config(models={"fm": {"loss": "feature-matching", "g_width": 8, "d_width": 8}})
     spec = train(tiny_experiment, tmp_path / "fm", model="fm", config=config)
@@ -192,6 +207,25 @@ def test_conditional_model_samples_a_chosen_domain(tiny_experiment, tmp_path):
     )
     assert bad.returncode == 1
     assert "class 'C' unknown" in bad.stderr and "it knows ['A', 'B']" in bad.stderr
+    # a smaller draw into the same folder leaves no files of the larger one
+    again = subprocess.run(
+        [sys.executable, "-m", "adseg", "gan", "sample", "-m", str(out.parent), "-n", "2"]
+        + ["-o", str(samples), "--format", "nifti", "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in samples.glob("*.nii.gz")) == [
+        "sample_0000.nii.gz",
+        "sample_0001.nii.gz",
+    ]
+    wrong = subprocess.run(
+        [sys.executable, "-m", "adseg", "gan", "sample", "-m", str(out), "--fold", "1"]
+        + ["-o", str(tmp_path / "y")],
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 1 and "one fold folder (fold 0); folds [1]" in wrong.stderr
 
 
 def test_sample_refuses_a_translation_or_segmentation_folder(tiny_experiment, tmp_path):

@@ -137,6 +137,11 @@ def test_translate_reports_bad_input_before_any_work(trained, tiny_experiment, t
     assert run.returncode == 1
     assert "case 'adc': no file adc_0000.nii.gz (the source channel)" in run.stderr
     assert not (tmp_path / "o").exists()
+    shutil.copy(sorted(raw.glob("*_0000.nii.gz"))[0], scans / "t2_0000.nii.gz")
+    (scans / "adc_0001.nii.gz").unlink()
+    run = adseg("gan", "translate", "-m", str(model), "-i", str(scans), "-o", str(scans))
+    assert run.returncode == 1 and "the output folder is the input folder" in run.stderr
+    assert sorted(p.name for p in scans.iterdir()) == ["t2_0000.nii.gz"]
 
 
 def test_a_synthesis_command_refuses_a_translation_model(trained, tmp_path):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from adseg.losses import GAN_LOSSES
-from adseg.steps import discriminator_step, generator_step
+from adseg.steps import discriminator_step, generator_step, noisy
 
 
 class Disc(nn.Module):
@@ -120,3 +120,11 @@ def test_instance_noise_changes_what_d_sees_and_zero_noise_does_not():
     noisy = discriminator_step(disc, lr0, real, fake, "minimax", noise_std=1.0)
     assert again["loss_d"] == clean["loss_d"]
     assert noisy["loss_d"] != pytest.approx(clean["loss_d"], abs=1e-4)
+
+
+def test_instance_noise_leaves_conditioning_channels_alone():
+    x = torch.zeros(4, 3, 5, 5)
+    out = noisy(x, 1.0, slice(1, 2))
+    assert torch.equal(out[:, [0, 2]], x[:, [0, 2]]) and out[:, 1].std() > 0.5
+    assert torch.equal(x, torch.zeros_like(x))  # the input is not changed in place
+    assert noisy(x, 0.0, slice(1, 2)) is x

@@ -40,6 +40,8 @@ from adseg.predict import (
 )
 from adseg.preprocess import Plan, preprocess_images, resample_to
 
+PNG_MAX = 256  # samples in the PNG grid of 'adseg gan sample'
+
 
 @dataclass
 class GanModel:
@@ -117,19 +119,22 @@ def sample_slices(
         raise ValueError(f"{model.folder}: an unconditional model; it takes no class")
     if label is not None and label not in classes:
         raise ValueError(f"class {label!r} unknown to {model.folder}; it knows {classes}")
+    from adseg.gan.networks import condition_latent
+    from adseg.gan.synthesis import CHUNK
+
     rng = torch.Generator().manual_seed(seed)
     z = torch.randn(n, spec["latent_dim"], generator=rng)
     k = len(classes or [])
     y = torch.full((n,), classes.index(label)) if label else torch.arange(n) % max(k, 1)
     gen = model.generator(device)
+    out = []
     with torch.inference_mode():
-        latent = z
-        if k:
-            from adseg.gan.networks import condition_latent
-
-            latent = condition_latent(z, y, k)
-        out = gen(latent.to(device)).float().cpu()[:, 0]
-    return out, ([classes[int(i)] for i in y] if k else None)
+        for i in range(0, n, CHUNK):
+            latent = z[i : i + CHUNK]
+            if k:
+                latent = condition_latent(latent, y[i : i + CHUNK], k)
+            out.append(gen(latent.to(device)).float().cpu()[:, 0])
+    return torch.cat(out), ([classes[int(i)] for i in y] if k else None)
 
 
 def write_samples(
@@ -143,7 +148,8 @@ def write_samples(
     formats: tuple[str, ...] = ("nifti", "png"),
 ) -> list[Path]:
     """``adseg gan sample``: ``n`` samples of a synthesis model as NIfTI slices (in the
-    preprocessed intensity units, on the preprocessed voxel grid) and a PNG grid."""
+    preprocessed intensity units, on the preprocessed voxel grid) and a PNG grid of the first
+    :data:`PNG_MAX`. Sample files of an earlier, larger draw into ``out`` are removed."""
     from adseg.gan.plots import image_grid
     from adseg.train import pick_device
 
@@ -151,9 +157,11 @@ def write_samples(
     model = models[0]
     if len(models) > 1:
         logger.info("%s has %d folds; sampling fold %d", model_dir, len(models), model.spec["fold"])
-    images, captions = sample_slices(model, n, seed, label, pick_device(device))
+    images, captions = sample_slices(model, n, seed, label, pick_device(device, "--device"))
     out = Path(out)
     check_writable(out)
+    for old in out.glob("sample_*.nii.gz"):
+        old.unlink()
     written = []
     if "nifti" in formats:
         lo, hi = model.spec["intensity"][0]
@@ -163,8 +171,13 @@ def write_samples(
             written.append(path)
     if "png" in formats:
         path = out / "samples.png"
-        title = f"{model.spec['name']} fold {model.spec['fold']}: {n} samples, seed {seed}"
-        image_grid(images[:256], path, title, captions)
+        shown = min(n, PNG_MAX)
+        title = (
+            f"{model.spec['name']} fold {model.spec['fold']}: {shown} of {n} samples, seed {seed}"
+        )
+        if n > PNG_MAX:
+            logger.info("samples.png shows the first %d of %d samples", PNG_MAX, n)
+        image_grid(images[:PNG_MAX], path, title, captions and captions[:PNG_MAX])
         written.append(path)
     return written
 
@@ -183,21 +196,21 @@ def evaluate_translation(
     fold_dir: str | Path, preprocessed: str | Path, device: str = "auto", show: bool = True
 ) -> list[dict]:
     """Per held-out case of a translation fold: MAE, PSNR and SSIM of the generated against
-    the real target channel, on the [-1, 1] scale (MONAI metrics); also draws
-    ``examples.png`` in the fold folder."""
-    from adseg.gan.translation import examples, image_metrics, translate
+    the real target channel, on the [-1, 1] scale of the training intensity range, the real
+    unclipped (MONAI metrics); also draws ``examples.png`` in the fold folder."""
+    from adseg.gan.translation import examples, held_out_pair, image_metrics, translate
     from adseg.train import pick_device
 
     model = read_gan_model(fold_dir, "translation")[0]
     spec, preprocessed = model.spec, Path(preprocessed)
-    dev = pick_device(device)
+    dev = pick_device(device, "gan.device")
     gen = model.generator(dev)
     cases = read_json(preprocessed / "dataset.json")["cases"]
     channels = [spec["source_index"], spec["target_index"]]
     volumes = load_volumes(preprocessed, spec["val_cases"], channels)
     rows, results = [], {}
     for case_id, volume in progress(list(volumes.items()), "evaluate", enabled=show):
-        v = scaled(volume, spec["intensity"])
+        v = held_out_pair(volume, spec["intensity"])
         fake = translate([gen], v[:1], spec, dev)
         results[case_id] = (v, fake)
         meta = cases[case_id]
@@ -296,8 +309,15 @@ def translate_scans(
     for case, src in sources:
         check_voxels(InputCase(case, [src]))
     out = Path(out)
+    given = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
+    if out.resolve() in given:
+        raise PredictError(
+            f"{out}: the output folder is the input folder; the synthetic "
+            f"{first['target']} files would sit beside (or replace) the real channel files. "
+            "Choose another output folder"
+        )
     check_writable(out)
-    dev = pick_device(device)
+    dev = pick_device(device, "--device")
     gens = [m.generator(dev) for m in models]
     summary = out / "translations.csv"
     rows = _read_summary(summary)

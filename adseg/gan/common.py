@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,14 @@ from adseg.splits import case_meta_from_dataset, validate_splits
 from adseg.train import TrainingError, _resume_state, _save, pick_device
 
 FORMAT = "adseg-gan"
+# what a finished fold folder holds beside its checkpoints, removed when training starts afresh
+RESULTS = (
+    "evaluation.json",
+    "samples.png",
+    "examples.png",
+    "metrics.tsv",
+    "learning_curves.png",
+)
 FORMAT_VERSION = 1
 
 
@@ -167,7 +176,8 @@ def check_epoch(history: list[dict], r: dict) -> None:
                 f"{row['d_fake']:.3g}); G gets no useful gradient. Try real_label 0.9, "
                 "instance_noise, a lower d_lr or loss wgan-gp"
             )
-    if all(h["std_ratio"] < r["collapse_std"] for h in recent):
+    # no std_ratio (batches of one have no spread): no verdict
+    if all(h.get("std_ratio") is not None and h["std_ratio"] < r["collapse_std"] for h in recent):
         raise GanError(
             f"generator collapsed: the spread of its outputs over a batch was below "
             f"{r['collapse_std']:g} of the real data's for {r['collapse_epochs']} epochs "
@@ -175,9 +185,16 @@ def check_epoch(history: list[dict], r: dict) -> None:
         )
 
 
-def spread(x: torch.Tensor) -> float:
-    """Per-voxel standard deviation across a batch ``(B, ...)``, averaged over voxels."""
-    return float(x.detach().float().std(dim=0).mean()) if x.shape[0] > 1 else 0.0
+def spread(x: torch.Tensor) -> float | None:
+    """Per-voxel standard deviation across a batch ``(B, ...)``, averaged over voxels; None
+    for a batch of one, which has no spread."""
+    return float(x.detach().float().std(dim=0).mean()) if x.shape[0] > 1 else None
+
+
+def spread_ratio(fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """``{"std_ratio": spread(fake) / spread(real)}``, or nothing for batches of one."""
+    f, r = spread(fake), spread(real)
+    return {} if f is None or r is None else {"std_ratio": f / max(r, 1e-8)}
 
 
 def fingerprint(job: GanJob) -> str:
@@ -241,7 +258,7 @@ class GanTrainer:
 def start(job: GanJob, resume: str, threads: int | None) -> tuple[torch.device, str, dict | None]:
     """Device, fingerprint and the checkpoint to resume from (``resume``: no, yes, auto)."""
     g = job.config["gan"]
-    device = pick_device(g["device"])
+    device = pick_device(g["device"], "gan.device")
     if device.type == "cpu":
         torch.set_num_threads(threads or g["threads"])
     key = fingerprint(job)
@@ -249,8 +266,9 @@ def start(job: GanJob, resume: str, threads: int | None) -> tuple[torch.device, 
     set_determinism(g["seed"])
     job.out.mkdir(parents=True, exist_ok=True)
     stale = ["model.json", "checkpoint_final.pt"]
-    if state is None:
-        stale += ["checkpoint_last.pt", "training_log.tsv"]
+    if state is None:  # a fresh start: nothing of an earlier run may survive beside it
+        stale += [*RESULTS, "checkpoint_last.pt", "training_log.tsv"]
+        shutil.rmtree(job.out / "samples", ignore_errors=True)
     for name in stale:
         (job.out / name).unlink(missing_ok=True)
     write_text(job.out / "config.yaml", yaml.safe_dump(job.config, sort_keys=False))

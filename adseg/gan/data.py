@@ -75,10 +75,11 @@ def intensity_ranges(
     return ranges
 
 
-def scale(x: np.ndarray | torch.Tensor, lo: float, hi: float):
-    """``[lo, hi]`` → ``[-1, 1]``, clipped."""
+def scale(x: np.ndarray | torch.Tensor, lo: float, hi: float, clip: bool = True):
+    """``[lo, hi]`` → ``[-1, 1]``, clipped unless ``clip`` is False (a reference to measure
+    against keeps its tails)."""
     y = 2.0 * (x - lo) / (hi - lo) - 1.0
-    return y.clip(-1.0, 1.0)
+    return y.clip(-1.0, 1.0) if clip else y
 
 
 def unscale(y: np.ndarray | torch.Tensor, lo: float, hi: float):
@@ -86,9 +87,14 @@ def unscale(y: np.ndarray | torch.Tensor, lo: float, hi: float):
     return (y + 1.0) / 2.0 * (hi - lo) + lo
 
 
-def scaled(volume: np.ndarray, ranges: Sequence[Sequence[float]]) -> np.ndarray:
-    """Each channel of ``(C, ...)`` scaled by its own range."""
-    return np.stack([scale(v, *r) for v, r in zip(volume, ranges, strict=True)]).astype(np.float32)
+def scaled(
+    volume: np.ndarray, ranges: Sequence[Sequence[float]], clip: Sequence[bool] | None = None
+) -> np.ndarray:
+    """Each channel of ``(C, ...)`` scaled by its own range (clipped, unless ``clip`` says
+    otherwise per channel)."""
+    clip = clip or [True] * len(ranges)
+    out = [scale(v, *r, c) for v, r, c in zip(volume, ranges, clip, strict=True)]
+    return np.stack(out).astype(np.float32)
 
 
 def slices(volume: np.ndarray, axis: int) -> np.ndarray:

@@ -55,7 +55,8 @@ def job_settings(config: dict, task: str, name: str) -> dict:
     change to another model reruns (and re-parents) nothing of this one.
     """
     g = config["gan"]
-    section = {k: v for k, v in g[task].items() if k != "models"}
+    # which folds run is the workflow's business: adding one must not rerun the others
+    section = {k: v for k, v in g[task].items() if k not in ("models", "folds")}
     common = {k: g[k] for k in ("seed", "device", "amp", "intensity_percentiles")}
     return common | {task: section | {"models": {name: g[task]["models"][name]}}}
 
@@ -85,6 +86,11 @@ def problems(config: dict) -> list[str]:
                 )
             if task == "translation" and r["minibatch_std"]:
                 out.append(f"{where}.minibatch_std: only the synthesis (DCGAN) D has one")
+    n, given = config["folds"]["n"], config["folds"]["file"]
+    for task in (t for t in g["tasks"] if t in TASKS):
+        chosen = g[task]["folds"] or []
+        if not given and any(k >= n for k in chosen):
+            out.append(f"gan.{task}.folds {chosen}: folds.n is {n}, so folds are 0-{n - 1}")
     t = g["translation"]
     if t["source"] == t["target"]:
         out.append(f"gan.translation.source and target are both {t['source']!r}")

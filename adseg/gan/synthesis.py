@@ -29,7 +29,7 @@ from adseg.gan.common import (
     mean_stats,
     optimizers,
     run_epochs,
-    spread,
+    spread_ratio,
     start,
 )
 from adseg.gan.data import channel_indices, intensity_ranges, load_volumes, synthesis_slices
@@ -40,7 +40,7 @@ from adseg.gan.networks import (
     condition_latent,
     dcgan_init,
 )
-from adseg.io import read_json, write_json
+from adseg.io import copy_file, read_json, write_json
 from adseg.log import logger
 from adseg.preprocess import Plan
 from adseg.steps import discriminator_step, generator_step
@@ -59,6 +59,8 @@ LOG_COLUMNS = (
     "seconds",
 )
 GRID = 64  # samples in a figure (8 x 8)
+CHUNK = 256  # samples per generator call when drawing many
+IMAGE = slice(0, 1)  # D's input channels that are the image (the rest: class maps)
 
 
 def widths(width: int, image_size: int) -> tuple[list[int], list[int]]:
@@ -170,6 +172,7 @@ class SynthesisTrainer(GanTrainer):
             r["clip"],
             self.autocast,
             noise,
+            IMAGE,
         )
 
     def g_update(self, real: torch.Tensor, y: torch.Tensor, noise: float) -> dict[str, float]:
@@ -185,11 +188,12 @@ class SynthesisTrainer(GanTrainer):
             autocast=self.autocast,
             noise_std=noise,
             real=self.image(real, y),
+            noise_channels=IMAGE,
         )
         return {
             "loss_g": stats["loss_adv"],
             "grad_norm_g": stats["grad_norm_g"],
-            "std_ratio": spread(fake) / max(spread(real), 1e-8),
+            **spread_ratio(fake, real),
         }
 
     def run_epoch(self, loader, epoch: int, noise: float) -> dict[str, float]:
@@ -207,12 +211,16 @@ class SynthesisTrainer(GanTrainer):
 
     @torch.inference_mode()
     def sample(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """G's slices ``(N, 1, S, S)`` in [-1, 1] for noise ``z`` and classes ``y`` (eval mode)."""
+        """G's slices ``(N, 1, S, S)`` in [-1, 1] for noise ``z`` and classes ``y`` (eval mode),
+        :data:`CHUNK` at a time."""
         self.gen.eval()
-        with self.autocast():
-            out = self.gen(self.latent(z.to(self.device), y.to(self.device))).float().cpu()
+        out = []
+        for i in range(0, len(z), CHUNK):
+            latent = self.latent(z[i : i + CHUNK].to(self.device), y[i : i + CHUNK].to(self.device))
+            with self.autocast():
+                out.append(self.gen(latent).float().cpu())
         self.gen.train()
-        return out
+        return torch.cat(out)
 
     def end_of_epoch(self, epoch: int, row: dict) -> list[Path]:
         s = self.job.section
@@ -269,7 +277,7 @@ def evaluate_samples(trainer: SynthesisTrainer, train: TensorDataset, test: Tens
         "n_test_slices": len(images),
         "swd": sliced_wasserstein(samples, images),
         "swd_train": sliced_wasserstein(train.tensors[0], images),
-        "std_ratio": spread(samples) / max(spread(images), 1e-8),
+        **spread_ratio(samples, images),
     }
 
 
@@ -333,7 +341,18 @@ def train_synthesis(
     )
     if tracker is not None:
         tracker.start(job, len(history) if state is not None else None, device, job.splits)
-    evaluation = run_epochs(
+
+    def finish() -> dict:
+        evaluation = evaluate_samples(trainer, train_set, test_set)
+        spec = _finish(job, trainer, history, evaluation)
+        if tracker is not None:
+            tracker.metrics({f"test/{k}": float(v) for k, v in evaluation.items()}, len(history))
+            for name in ("evaluation.json", "samples.png"):
+                tracker.artifact(job.out / name, "evaluation")
+            tracker.finish(spec)
+        return spec
+
+    return run_epochs(
         job,
         trainer,
         loader,
@@ -343,15 +362,8 @@ def train_synthesis(
         LOG_COLUMNS,
         show_progress,
         tracker,
-        then=lambda: evaluate_samples(trainer, train_set, test_set),
+        then=finish,
     )
-    spec = _finish(job, trainer, history, evaluation)
-    if tracker is not None:
-        tracker.metrics({f"test/{k}": float(v) for k, v in evaluation.items()}, len(history))
-        for name in ("evaluation.json", "samples.png"):
-            tracker.artifact(job.out / name, "evaluation")
-        tracker.finish(spec)
-    return spec
 
 
 def _slices(job: GanJob) -> tuple[TensorDataset, TensorDataset, list[list[float]]]:
@@ -378,8 +390,6 @@ def _slices(job: GanJob) -> tuple[TensorDataset, TensorDataset, list[list[float]
 
 
 def _finish(job: GanJob, trainer: SynthesisTrainer, history: list[dict], evaluation: dict):
-    import shutil
-
     from adseg.gan.plots import gan_curves
 
     spec = {
@@ -392,18 +402,18 @@ def _finish(job: GanJob, trainer: SynthesisTrainer, history: list[dict], evaluat
     }
     _save(trainer.weights(), job.out / "checkpoint_final.pt")
     write_json(job.out / "evaluation.json", evaluation)
-    last = sorted((job.out / "samples").glob("epoch_*.png"))
-    if last:
-        shutil.copyfile(last[-1], job.out / "samples.png")
+    # the last epoch always draws its grid
+    last = job.out / "samples" / f"epoch_{len(history):04d}.png"
+    copy_file(last, job.out / "samples.png")
     gan_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}")
     # model.json last: its presence marks a complete folder
     write_json(job.out / "model.json", spec)
     logger.info(
-        "%s fold %d: SWD to held-out slices %.4g (training slices: %.4g), spread ratio %.3g",
+        "%s fold %d: SWD to held-out slices %.4g (training slices: %.4g), spread ratio %s",
         job.name,
         job.fold,
         evaluation["swd"],
         evaluation["swd_train"],
-        evaluation["std_ratio"],
+        f"{evaluation['std_ratio']:.3g}" if "std_ratio" in evaluation else "n/a",
     )
     return spec

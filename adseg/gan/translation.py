@@ -10,7 +10,8 @@ Training draws random slices of a fold's training patients, randomly cropped to
 ``patch_size``; the fully convolutional U-Net then translates whole slices of any size.
 :func:`adseg.gan.apply.evaluate_translation` compares generated and real target channels of
 the fold's held-out patients (MAE, PSNR, SSIM, with MONAI's metrics) on the generators'
-[-1, 1] scale.
+[-1, 1] scale: the training patients' intensity range of the target channel mapped to
+[-1, 1], the real target not clipped to it (so its tails count against the generator).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from adseg.gan.common import (
     mean_stats,
     optimizers,
     run_epochs,
-    spread,
+    spread_ratio,
     start,
 )
 from adseg.gan.data import (
@@ -41,6 +42,7 @@ from adseg.gan.data import (
     load_volumes,
     pad_in_plane,
     paired_slices,
+    scale,
     scaled,
     translation_loader,
 )
@@ -70,6 +72,13 @@ LOG_COLUMNS = (
 METRIC_COLUMNS = ("case_id", "patient_id", "domain", "fold", "model", "mae", "psnr", "ssim")
 METRICS = ("mae", "psnr", "ssim")
 EXAMPLES = 4  # held-out slices in the example figures
+TARGET = slice(1, 2)  # D sees (source, target); instance noise goes on the target only
+
+
+def held_out_pair(volume: np.ndarray, ranges) -> np.ndarray:
+    """A held-out ``(source, target)`` volume scaled for evaluation: the source as G's input
+    (clipped), the real target unclipped."""
+    return scaled(volume, ranges, clip=[True, False])
 
 
 def source_plan(plan: Plan, source: int) -> Plan:
@@ -137,8 +146,7 @@ def translate(gens, source: np.ndarray, spec: dict, device, chunk: int = 32) -> 
         ``(1, X, Y, Z)`` in [-1, 1].
     """
     axis = spec["slice_axis"]
-    lo, hi = spec["intensity"][0]
-    background = 2.0 * (0.0 - lo) / (hi - lo) - 1.0
+    background = float(scale(np.float32(0.0), *spec["intensity"][0]))
     factor = 2 ** (len(spec["generator"]["features"]) - 1)
     in_plane = [source.shape[a + 1] for a in range(3) if a != axis]
     padded = pad_in_plane(source, [-(-n // factor) * factor for n in in_plane], axis, background)
@@ -200,6 +208,7 @@ class TranslationTrainer(GanTrainer):
                 r["clip"],
                 self.autocast,
                 noise,
+                TARGET,
             )
         if g_turn:
             stats |= self.g_update(src, tgt, noise)
@@ -212,7 +221,7 @@ class TranslationTrainer(GanTrainer):
             fake = self.gen(src).float()
         l1 = F.l1_loss(fake, tgt)
         out = {"loss_l1": float(l1.detach())}
-        out["std_ratio"] = spread(fake) / max(spread(tgt), 1e-8)
+        out |= spread_ratio(fake, tgt)
         if self.disc is None:
             self.opt_g.zero_grad(set_to_none=True)
             (r["l1_weight"] * l1).backward()
@@ -230,6 +239,7 @@ class TranslationTrainer(GanTrainer):
             autocast=self.autocast,
             noise_std=noise,
             real=torch.cat([src, tgt], 1),
+            noise_channels=TARGET,
         )
         return out | {"loss_g": g["loss_adv"], "grad_norm_g": g["grad_norm_g"]}
 
@@ -302,8 +312,8 @@ def train_translation(
     train = load_volumes(job.preprocessed, spec["train_cases"], channels)
     ranges = intensity_ranges(list(train.values()), config["gan"]["intensity_percentiles"])
     spec["intensity"] = ranges
-    held_out = load_volumes(job.preprocessed, spec["val_cases"], channels)
-    validation = {c: scaled(v, ranges) for c, v in held_out.items()}
+    held_out_cases = load_volumes(job.preprocessed, spec["val_cases"], channels)
+    validation = {c: held_out_pair(v, ranges) for c, v in held_out_cases.items()}
     items = paired_slices(train, ranges, spec["slice_axis"], spec["patch_size"])
     draws = s["slices_per_case"] * len(train)
     loader, randomize, sampler_rng = translation_loader(
@@ -330,20 +340,20 @@ def train_translation(
         s["target"],
         draws,
         len(train),
-        len(held_out),
+        len(held_out_cases),
     )
     if tracker is not None:
         tracker.start(job, len(history) if state is not None else None, device, job.splits)
-    try:
-        run_epochs(job, trainer, loader, reseed, history, key, LOG_COLUMNS, show_progress, tracker)
-    except BaseException as err:
+
+    def finish() -> dict:
+        spec = _finish(job, trainer, history)
         if tracker is not None:
-            tracker.fail(err)
-        raise
-    spec = _finish(job, trainer, history)
-    if tracker is not None:
-        tracker.finish(spec)
-    return spec
+            tracker.finish(spec)
+        return spec
+
+    return run_epochs(
+        job, trainer, loader, reseed, history, key, LOG_COLUMNS, show_progress, tracker, finish
+    )
 
 
 def _finish(job: GanJob, trainer: TranslationTrainer, history: list[dict]) -> dict:
