@@ -148,9 +148,13 @@ def model_settings(config: dict, scheme: str) -> dict:
     its own part of the ``gan`` section only."""
     from adseg.gan.settings import TASKS, job_settings, split_name
 
+    shared = ("experiment", "results_dir", "dataset", "preprocess", "folds")
+    if scheme.startswith("modes-"):  # the mode-coverage study: no cohort, one loss
+        modes = config["gan"]["modes"] | {"losses": [scheme.removeprefix("modes-")]}
+        modes.pop("threads", None)  # how fast, not what
+        return {"experiment": config["experiment"], "gan": {"modes": modes}}
     if scheme.startswith(tuple(f"{t}-" for t in TASKS)):
         task, name = split_name(scheme)
-        shared = ("experiment", "results_dir", "dataset", "preprocess", "folds")
         return {k: copy.deepcopy(config[k]) for k in shared} | {
             "gan": job_settings(config, task, name)
         }
@@ -655,10 +659,17 @@ def _store(uri: str, lock: str) -> _Store:
 
 
 def new_fold_journal(
-    config: dict, scheme: str, fold: int, out: Path, tags: dict, parent: dict | None = None
+    config: dict,
+    scheme: str,
+    fold: int,
+    out: Path,
+    tags: dict,
+    parent: dict | None = None,
+    run_name: str | None = None,
 ) -> Journal:
     """A new run for fold ``fold`` of ``scheme`` whose model folder is ``out``; it becomes
-    the folder's current run. ``parent``: the scheme's :func:`parent_ref`, if already made."""
+    the folder's current run. ``parent``: the scheme's :func:`parent_ref`, if already made;
+    ``run_name``: default ``<scheme> fold <fold>``."""
     parent = parent or parent_ref(config, scheme)
     uid = uuid.uuid4().hex
     ref = {
@@ -668,7 +679,7 @@ def new_fold_journal(
         "lock": parent["lock"],
         "experiment": parent["experiment"],
         "fold": fold,
-        "run_name": f"{scheme} fold {fold}",
+        "run_name": run_name or f"{scheme} fold {fold}",
         "params": parent["params"] | {"fold": str(fold)},
         "tags": parent["tags"]
         | {"fold": str(fold), "adseg.model_dir": str(out.resolve())}

@@ -8,6 +8,8 @@ Each loss trains with its recipe (:class:`adseg.gan.toy.ToySettings`) once per s
 generator's 2500 samples give the modes covered (a mode needs 20 high-quality samples, VEEGAN)
 and the share of high-quality samples (within 3σ of a mode), as Metz et al. 2017 and Srivastava
 et al. 2017 report them. The machine and the settings come first, then one JSON line per loss.
+The same study runs in the workflow (gan.tasks: [modes]) and as 'adseg gan modes', with MLflow
+runs.
 A benchmark, not a test: the exit status is non-zero only on errors.
 """
 
@@ -17,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from adseg.gan.toy import TOY_LOSSES, ToySettings, ring_modes, train_toy  # noqa: E402
+from adseg.gan.modes import run_loss  # noqa: E402
+from adseg.gan.plots import mode_panels  # noqa: E402
+from adseg.gan.toy import TOY_LOSSES, ToySettings  # noqa: E402
 
 
 def machine(threads: int) -> str:
@@ -35,67 +38,15 @@ def machine(threads: int) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}"
 
 
-def run_loss(loss: str, seeds: list[int], overrides: dict) -> tuple[dict, list[dict]]:
-    """Train ``loss`` once per seed; return its JSON summary and the per-seed results."""
-    runs = []
-    for seed in seeds:
-        result = train_toy(ToySettings(loss, seed=seed, **overrides))
-        m = result["metrics"]
-        print(
-            f"  {loss} seed {seed}: {m['modes_covered']} modes, high quality "
-            f"{m['high_quality']:.3f}, {result['seconds']:.1f} s"
-            + (f", diverged at step {result['steps_done']}" if result["diverged"] else ""),
-            file=sys.stderr,
-            flush=True,
-        )
-        runs.append(result)
-    covered = [r["metrics"]["modes_covered"] for r in runs]
-    quality = [r["metrics"]["high_quality"] for r in runs]
-    summary = {
-        "loss": loss,
-        "seeds": seeds,
-        "modes_covered_mean": round(statistics.fmean(covered), 2),
-        "modes_covered_min": min(covered),
-        "modes_covered_max": max(covered),
-        "modes_covered": covered,
-        "high_quality_mean": round(statistics.fmean(quality), 4),
-        "high_quality": [round(q, 4) for q in quality],
-        "mean_distance": [round(r["metrics"]["mean_distance"], 4) for r in runs],
-        "counts": [r["metrics"]["counts"] for r in runs],
-        "diverged": sum(r["diverged"] for r in runs),
-        "seconds": round(sum(r["seconds"] for r in runs), 1),
-    }
-    return summary, runs
-
-
-def plot(samples: dict[str, dict], path: Path) -> None:
-    """A panel per loss: the final samples of its first seed over the mode centres."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(4, len(samples))
-    rows = -(-len(samples) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    centres = ring_modes()
-    for ax in axes.flat[len(samples) :]:
-        ax.axis("off")
-    for ax, (loss, result) in zip(axes.flat, samples.items(), strict=False):
-        points, m = result["samples"], result["metrics"]
-        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
-        ax.scatter(centres[:, 0], centres[:, 1], s=30, c="red", marker="x")
-        ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xticks=[], yticks=[])
-        ax.set_title(
-            f"{loss} (seed {result['settings']['seed']})\n{m['modes_covered']}/8 modes, "
-            f"{m['high_quality']:.0%} high quality",
-            fontsize=9,
-        )
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)  # a killed run never leaves a figure that looks finished
+def report(loss: str, result: dict) -> None:
+    m = result["metrics"]
+    print(
+        f"  {loss} seed {result['settings']['seed']}: {m['modes_covered']} modes, high quality "
+        f"{m['high_quality']:.3f}, {result['seconds']:.1f} s"
+        + (f", diverged at step {result['steps_done']}" if result["diverged"] else ""),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -116,11 +67,11 @@ def main() -> int:
     start = time.perf_counter()
     lines, first = [], {}
     for loss in args.losses:
-        summary, runs = run_loss(loss, args.seeds, overrides)
+        summary, runs = run_loss(loss, args.seeds, overrides, report)
         lines.append(summary)
-        first[loss] = runs[0]
+        first[f"{loss} (seed {args.seeds[0]})"] = runs[0]
     if args.plot:
-        plot(first, args.plot)
+        mode_panels(first, args.plot, "final samples, first seed")
         print(f"plot: {args.plot}")
     print(f"total: {time.perf_counter() - start:.0f} s")
     print()

@@ -26,6 +26,8 @@ def test_gan_study_jobs(tmp_path):
     # 2 synthesis models on fold 0, 2 translation models on both folds; translation evaluated
     assert study["gan_train"] == 2 + 4 and study["gan_evaluate"] == 4
     assert study["gan_summary"] == 1 and "train" not in study
+    # the modes study: a job per loss, then its table
+    assert study["gan_modes"] == 2 and study["gan_modes_summary"] == 1
     assert not any(rule.startswith("gan_") for rule in jobs(tmp_path, "config/tiny.yaml"))
 
 
@@ -33,7 +35,10 @@ def test_one_task_only(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"gan": {"tasks": ["synthesis"]}}))
     study = jobs(tmp_path, "config/tiny-gan.yaml", str(overlay))
-    assert study["gan_train"] == 2 and "gan_evaluate" not in study
+    assert study["gan_train"] == 2 and "gan_evaluate" not in study and "gan_modes" not in study
+    overlay.write_text(yaml.safe_dump({"gan": {"tasks": ["modes"]}}))
+    study = jobs(tmp_path, "config/tiny-gan.yaml", str(overlay))
+    assert "gan_train" not in study and "gan_summary" not in study and study["gan_modes"] == 2
 
 
 def test_shipped_gan_configs_resolve():

@@ -1,4 +1,5 @@
-"""``adseg gan ...``: the GAN tasks' commands (train, evaluate, summary, sample, translate).
+"""``adseg gan ...``: the GAN tasks' commands (train, evaluate, summary, sample, translate,
+modes).
 
 Registered on the main parser by :func:`add_gan_commands`; errors end as the other
 commands' do (a message naming the file, exit status 1).
@@ -23,6 +24,7 @@ EXAMPLES = {
     " --translation results/gan/gan/translation-*/fold_*/metrics.tsv -o results/gan/gan",
     "sample": "adseg gan sample -m results/gan/gan/synthesis-wgan-gp -n 64 -o samples/",
     "translate": "adseg gan translate -m results/gan/gan/translation-pix2pix -i scans/ -o adc/",
+    "modes": "adseg gan modes --losses wgan-gp nonsaturating --seeds 0 1 -o modes/",
 }
 
 
@@ -108,6 +110,28 @@ def add_gan_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, nargs="+", help="folds to average (default: all)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+
+    p = command(
+        "modes",
+        "Mode coverage of GAN losses on the ring of 8 Gaussians (gan.modes), with a table.",
+        _modes,
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--losses", nargs="+", help="losses to train (default: gan.modes.losses)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: gan.modes.seeds)")
+    p.add_argument("--steps", type=int, help="generator steps (default: gan.modes.steps)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: gan.modes.threads)")
+    summary = p.add_mutually_exclusive_group()
+    summary.add_argument(
+        "--no-summary",
+        action="store_true",
+        help="train only; leave the table to a later 'adseg gan modes --summary-only'",
+    )
+    summary.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="only gather the losses already in OUT (or --losses) into modes.md",
+    )
 
 
 def _train(args) -> None:
@@ -206,3 +230,24 @@ def _translate(args) -> None:
         not args.no_progress,
     )
     logger.info("translations in %s; per-case summary: %s", args.out, summary)
+
+
+def _modes(args) -> None:
+    from adseg import tracking
+    from adseg.cli import _load
+    from adseg.gan.modes import run_modes_job, summarize_modes
+
+    given = {"losses": args.losses, "seeds": args.seeds, "steps": args.steps}
+    given["threads"] = args.threads
+    given = {k: v for k, v in given.items() if v is not None}
+    # the flags are checked by the schema as the config's own values are
+    config = _load(args.config, {"gan": {"modes": given}}, args.set)
+    losses = config["gan"]["modes"]["losses"]
+    if not args.summary_only:
+        track = tracking.enabled(config)
+        for loss in losses:
+            run_modes_job(config, loss, args.out, not args.no_progress, track)
+    if not args.no_summary:
+        path = summarize_modes(args.out, args.losses)
+        print(path.read_text())
+        logger.info("mode coverage table: %s", path)

@@ -77,3 +77,28 @@ def translation_examples(
                 ax.set_ylabel(caption, fontsize=8)
     fig.suptitle(title, fontsize=10)
     save(fig, path)
+
+
+def mode_panels(panels: dict[str, dict], path: Path, title: str) -> None:
+    """A panel per run on the ring of 8 Gaussians: its samples (``(N, 2)``) over the mode
+    centres, titled with the modes covered and the high-quality share."""
+    from adseg.gan.toy import ring_modes
+
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows + 0.4), squeeze=False)
+    centres = ring_modes()
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (name, run) in zip(axes.flat, panels.items(), strict=False):
+        points, m = np.asarray(run["samples"]), run["metrics"]
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4)
+        ax.scatter(centres[:, 0], centres[:, 1], s=30, c="red", marker="x")
+        ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xticks=[], yticks=[])
+        ax.set_title(
+            f"{name}\n{m['modes_covered']}/8 modes, {m['high_quality']:.0%} high quality",
+            fontsize=9,
+        )
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)

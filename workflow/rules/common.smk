@@ -10,6 +10,7 @@ from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
 from adseg.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
 from adseg.gan.settings import job_settings as gan_job_settings
 from adseg.gan.settings import model_names as gan_model_names
+from adseg.losses import GAN_LOSSES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.
@@ -113,6 +114,15 @@ GAN = EXP / "gan"
 GAN_CFG = config["gan"]
 
 
+def gan_targets():
+    """The GAN tables the config asks for: the synthesis/translation one, the modes study."""
+    if not GAN_CFG["enabled"]:
+        return []
+    tasks = GAN_CFG["tasks"]
+    out = [GAN / "summary.md"] if {"synthesis", "translation"} & set(tasks) else []
+    return out + ([GAN / "modes" / "modes.md"] if "modes" in tasks else [])
+
+
 def gan_folds(task):
     """The folds a GAN task trains: gan.<task>.folds, or all."""
     chosen = GAN_CFG[task]["folds"]
@@ -135,3 +145,11 @@ def gan_train_settings(wildcards):
     model reruns nothing of this one)."""
     cfg = {"gan": gan_job_settings(config, wildcards.task, wildcards.model)}
     return shlex.quote(json.dumps(cfg, sort_keys=True))
+
+
+def gan_modes_settings(wildcards):
+    """One loss's job of the modes study: gan.modes with only that loss (adding a loss or a
+    change elsewhere in the config reruns nothing of it)."""
+    modes = dict(GAN_CFG["modes"], losses=[wildcards.loss])
+    modes.pop("threads")
+    return shlex.quote(json.dumps({"gan": {"modes": modes}}, sort_keys=True))

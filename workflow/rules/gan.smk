@@ -1,6 +1,7 @@
 # Stage 8 (gan.enabled): GAN modules for synthesis. Per task, model (a recipe of
 # gan.<task>.models) and fold: one training job on the fold's training patients; translation
-# models are then evaluated on the fold's held-out patients; then one table.
+# models are then evaluated on the fold's held-out patients; then one table. The modes study
+# (gan.tasks: modes) is a job per loss on the ring of 8 Gaussians, then its own table.
 
 
 rule gan_train:
@@ -89,3 +90,51 @@ rule gan_summary:
     shell:
         "python -m adseg gan summary --synthesis {input.synthesis}"
         " --translation {input.translation} -o {params.out} --set {params.cfg} > {log} 2>&1"
+
+
+# one loss of the mode-coverage study, all its seeds (small MLPs: CPU, no cohort)
+rule gan_modes:
+    output:
+        GAN / "modes" / "{loss}" / "result.json",
+    log:
+        LOGS / "gan_modes_{loss}.log",
+    benchmark:
+        BENCHMARKS / "gan_modes_{loss}.tsv"
+    wildcard_constraints:
+        loss="|".join(GAN_LOSSES),
+    conda:
+        CONDA_ENV
+    threads: GAN_CFG["modes"]["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        cfg=gan_modes_settings,
+        out=GAN / "modes",
+    shell:
+        "python -m adseg gan modes --losses {wildcards.loss} -o {params.out} --no-summary"
+        " --threads {threads} --no-progress --set {params.cfg} > {log} 2>&1"
+
+
+rule gan_modes_summary:
+    input:
+        expand(GAN / "modes" / "{loss}" / "result.json", loss=GAN_CFG["modes"]["losses"]),
+    output:
+        GAN / "modes" / "modes.md",
+        GAN / "modes" / "modes.tsv",
+        GAN / "modes" / "modes.jsonl",
+        GAN / "modes" / "modes.png",
+    log:
+        LOGS / "gan_modes_summary.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        out=GAN / "modes",
+        losses=" ".join(GAN_CFG["modes"]["losses"]),
+    shell:
+        "python -m adseg gan modes -o {params.out} --summary-only --losses {params.losses}"
+        " > {log} 2>&1"
