@@ -127,7 +127,8 @@ def _markdown(title: str, synth: list[dict], stats, tests, models) -> str:
             "## Translation: generated against real target channel, held-out patients",
             "",
             "Mean ± std over patients pooled over folds (n patients); on the [-1, 1] scale "
-            "the generators work in (PSNR with peak 2).",
+            "the generators work in, the training intensity range of the target mapped to "
+            "[-1, 1] and the real target not clipped to it (PSNR with peak 2).",
             "",
             "| model | " + " | ".join(TRANSLATION_METRICS.values()) + " |",
             "|---|" + "---|" * len(TRANSLATION_METRICS),
