@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--domain-b-fraction", type=float, default=0.5, help="patients scanned on scanner B"
     )
+    p.add_argument(
+        "--domain-shift",
+        choices=["scanner", "protocol"],
+        default="scanner",
+        help="how B differs from A: another scanner (default), or also another protocol "
+        "(low-b DWI, compressed T2w: the shift for the ADDA study)",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
 
     p = command(
@@ -285,6 +292,7 @@ def _synth(args) -> None:
         args.domain_b_fraction,
         args.workers,
         not args.no_progress,
+        args.domain_shift,
     )
     logger.info(
         "wrote %d cases of %d patients to %s", dataset["numTraining"], args.n_patients, args.out

@@ -97,7 +97,30 @@ SCANNERS = {
         t2_spacing=(0.6, 0.6, 3.6), dwi_spacing=(2.5, 2.5, 3.6),
     ),
 }
+# Scanner B under dataset.synthetic.domain_shift "protocol": B also runs another protocol. Its
+# "high-b" DWI is acquired at b = 100 s/mm^2, where lesions are no brighter than the gland
+# (their restricted diffusion barely shows), and its T2w is strongly compressed (gamma 0.5):
+# a segmentor that learnt A's DWI-bright, T2w-dark lesions misreads B, while B's own labels
+# still teach it (ADC keeps the lesions dark). The shift ADDA is meant for (adseg adda).
+PROTOCOL_B = ScannerProfile(
+    t2_gamma=0.5, t2_scale=700, t2_offset=80, adc_scale=1.1, b_value=100, dwi_scale=2500,
+    bias=0.30, t2_noise=0.05, dwi_noise=0.02, adc_noise=90,
+    t2_spacing=(0.6, 0.6, 3.6), dwi_spacing=(2.5, 2.5, 3.6),
+)
 # fmt: on
+DOMAIN_SHIFTS = ("scanner", "protocol")
+
+
+def scanner_profile(domain: str, shift: str = "scanner") -> ScannerProfile:
+    """The profile patients of ``domain`` are scanned with under ``shift``: ``scanner`` (the
+    default: :data:`SCANNERS`) or ``protocol`` (B is :data:`PROTOCOL_B`).
+
+    Raises:
+        ValueError: an unknown shift.
+    """
+    if shift not in DOMAIN_SHIFTS:
+        raise ValueError(f"domain shift {shift!r} unknown; choose from {', '.join(DOMAIN_SHIFTS)}")
+    return PROTOCOL_B if shift == "protocol" and domain == "B" else SCANNERS[domain]
 
 
 @dataclass(frozen=True, eq=False)  # numpy fields: compare by identity
@@ -147,6 +170,7 @@ class Patient:
     lesions: tuple[tuple[str, float], ...]  # (zone, nominal diameter in mm)
     n_mimics: int
     visits: tuple[Visit, ...]
+    shift: str = "scanner"  # how B differs from A: see scanner_profile
 
 
 def render_case(
@@ -158,7 +182,7 @@ def render_case(
         The T2w, ADC and DWI images (int16), the label image (uint8, T2w grid) and the tissue
         code at each T2w voxel centre, ``(z, y, x)``.
     """
-    scanner = SCANNERS[patient.domain]
+    scanner = scanner_profile(patient.domain, patient.shift)
     rng = np.random.default_rng([patient.seed, patient.index, visit.number])
     blobs = [
         dataclasses.replace(b, radii=b.radii * visit.growth) if b.tissue == LESION else b

@@ -28,7 +28,6 @@ from adseg.phantom import (
     NODULE,
     PROSTATITIS,
     PZ,
-    SCANNERS,
     TZ,
     URINE,
     WALL,
@@ -38,6 +37,7 @@ from adseg.phantom import (
     ScannerProfile,
     Visit,
     render_case,
+    scanner_profile,
 )
 
 RAS = np.diag([-1.0, -1.0, 1.0])
@@ -53,6 +53,7 @@ def generate_cohort(
     domain_b_fraction: float = 0.5,
     workers: int = 1,
     progress: bool = True,
+    domain_shift: str = "scanner",
 ) -> dict:
     """Write the synthetic cohort to ``out_dir`` in nnU-Net v2 raw layout.
 
@@ -69,6 +70,8 @@ def generate_cohort(
         domain_b_fraction: share of patients scanned on scanner B, in [0, 1].
         workers: processes rendering patients in parallel.
         progress: show a progress bar over patients.
+        domain_shift: ``scanner`` (B is another scanner) or ``protocol`` (B also runs another
+            protocol: a low-b DWI and compressed T2w, :data:`adseg.phantom.PROTOCOL_B`).
 
     Returns:
         The dataset.json content, with per-case metadata under ``cases``.
@@ -77,8 +80,9 @@ def generate_cohort(
         ValueError: on an unknown label set or an out-of-range number, naming what is allowed.
     """
     _check_args(n_patients, seed, labels, two_visit_fraction, domain_b_fraction, workers)
+    scanner_profile("A", domain_shift)  # an unknown shift fails here, before any work
     patients = [
-        sample_patient(seed, i, two_visit_fraction, domain_b_fraction)
+        sample_patient(seed, i, two_visit_fraction, domain_b_fraction, domain_shift)
         for i in range(1, n_patients + 1)
     ]
     with atomic_dir(out_dir) as root:
@@ -103,6 +107,7 @@ def generate_cohort(
                 "labels": labels,
                 "two_visit_fraction": two_visit_fraction,
                 "domain_b_fraction": domain_b_fraction,
+                "domain_shift": domain_shift,
             },
             "cases": cases,
         }
@@ -161,7 +166,11 @@ def _cohort_fractions(seed: int, index: int) -> np.ndarray:
 
 
 def sample_patient(
-    seed: int, index: int, two_visit_fraction: float = 0.25, domain_b_fraction: float = 0.5
+    seed: int,
+    index: int,
+    two_visit_fraction: float = 0.25,
+    domain_b_fraction: float = 0.5,
+    domain_shift: str = "scanner",
 ) -> Patient:
     """Draw anatomy, lesions, mimics, scanner and visit poses of patient ``index`` (from 1).
 
@@ -178,12 +187,12 @@ def sample_patient(
     domain = "B" if u_domain < domain_b_fraction else "A"
     growth = [1.0, rng.uniform(1.0, 1.15)]
     visits = tuple(
-        _sample_visit(rng, v, centre, SCANNERS[domain], growth[v - 1])
+        _sample_visit(rng, v, centre, scanner_profile(domain, domain_shift), growth[v - 1])
         for v in range(1, 3 if u_visits < two_visit_fraction else 2)
     )
     blobs = (*blobs, *mimics, *(b for _, _, b in lesions))
     summary = tuple((zone, d) for zone, d, _ in lesions)
-    return Patient(seed, index, domain, blobs, summary, len(mimics), visits)
+    return Patient(seed, index, domain, blobs, summary, len(mimics), visits, domain_shift)
 
 
 def _blob(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 from collections import Counter
 from pathlib import Path
@@ -63,6 +64,7 @@ def test_layout_and_dataset_json(cohort):
         "labels": "lesion+zones",
         "two_visit_fraction": 0.5,
         "domain_b_fraction": 0.5,
+        "domain_shift": "scanner",
     }
     cases = dataset["cases"]
     assert dataset["numTraining"] == len(cases) > N_PATIENTS  # some second visits
@@ -224,6 +226,28 @@ def test_scanner_domains_differ():
     assert abs(b["t2_pz"] / a["t2_pz"] - 1) > 0.05
     assert b["adc_pz"] / a["adc_pz"] == pytest.approx(1.1, abs=0.04)
     assert b["dwi_contrast"] < 0.9 * a["dwi_contrast"]
+
+
+def test_protocol_shift_takes_away_bs_dwi_lesion_contrast_and_leaves_a_alone():
+    anatomy = find_patient(lambda p: any(d > 8 for _, d in p.lesions))
+
+    def contrast(fraction: float, shift: str) -> dict:
+        patient = sample_patient(0, anatomy.index, 0.0, fraction, shift)
+        (t2, adc, dwi), _, tissue = render_on_t2(patient)
+        lesion, pz = tissue == phantom.LESION, tissue == phantom.PZ
+        return {
+            "dwi": dwi[lesion].mean() / dwi[pz].mean(),
+            "t2": t2[lesion].mean() / t2[pz].mean(),
+            "adc": adc[lesion].mean() / adc[pz].mean(),
+        }
+
+    scanner, protocol = contrast(1.0, "scanner"), contrast(1.0, "protocol")
+    assert scanner["dwi"] > 1.5 and protocol["dwi"] < 1.1  # lesions no longer DWI-bright
+    assert protocol["t2"] > scanner["t2"] + 0.1  # flatter T2w contrast
+    assert protocol["adc"] == pytest.approx(scanner["adc"], abs=0.05)  # ADC still tells
+    assert contrast(0.0, "protocol") == contrast(0.0, "scanner")  # scanner A is unchanged
+    with pytest.raises(ValueError, match="domain shift 'vendor' unknown"):
+        generate_cohort(pathlib.Path("unused"), domain_shift="vendor", progress=False)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ if SYNTHETIC:
             "python -m adseg synth-cohort {output} --n-patients {params.cfg[n_patients]} "
             "--seed {params.cfg[seed]} --labels {params.cfg[labels]} "
             "--two-visit-fraction {params.cfg[two_visit_fraction]} "
-            "--domain-b-fraction {params.cfg[domain_b_fraction]} --workers {threads} "
+            "--domain-b-fraction {params.cfg[domain_b_fraction]} "
+            "--domain-shift {params.cfg[domain_shift]} --workers {threads} "
             "> {log} 2>&1"
 
 
