@@ -182,56 +182,41 @@ def test_a_collapsed_generator_stops_training_with_a_message(tiny_experiment, tm
     assert (out / "training_log.tsv").is_file()  # what happened is kept
 
 
+def sample(*args: str) -> subprocess.CompletedProcess:
+    """``adseg gan sample ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "adseg", "gan", "sample", *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
+
+
 def test_conditional_model_samples_a_chosen_domain(tiny_experiment, tmp_path):
     out = tmp_path / "synthesis-cgan" / "fold_0"
     spec = train(tiny_experiment, out, config=gan_config(condition="domain"))
     assert spec["classes"] == ["A", "B"]
     samples = tmp_path / "samples"
-    run = subprocess.run(
-        [sys.executable, "-m", "adseg", "gan", "sample", "-m", str(out.parent), "-n", "5"]
-        + ["-o", str(samples), "--class", "B", "--no-progress"],
-        capture_output=True,
-        text=True,
-    )
+    run = sample("-m", str(out.parent), "-n", "5", "-o", str(samples), "--class", "B")
     assert run.returncode == 0, run.stderr
     files = sorted(p.name for p in samples.iterdir())
     assert files == [f"sample_{i:04d}.nii.gz" for i in range(5)] + ["samples.png"]
     image = nib.load(str(samples / "sample_0000.nii.gz"))
     assert image.shape[2] == 1 and image.shape[:2] == (16, 16)
     assert np.allclose(image.header.get_zooms(), spec["grid"]["spacing"])
-    bad = subprocess.run(
-        [sys.executable, "-m", "adseg", "gan", "sample", "-m", str(out), "-n", "2"]
-        + ["-o", str(tmp_path / "x"), "--class", "C"],
-        capture_output=True,
-        text=True,
-    )
+    bad = sample("-m", str(out), "-n", "2", "-o", str(tmp_path / "x"), "--class", "C")
     assert bad.returncode == 1
     assert "class 'C' unknown" in bad.stderr and "it knows ['A', 'B']" in bad.stderr
     # a smaller draw into the same folder leaves no files of the larger one
-    again = subprocess.run(
-        [sys.executable, "-m", "adseg", "gan", "sample", "-m", str(out.parent), "-n", "2"]
-        + ["-o", str(samples), "--format", "nifti", "--no-progress"],
-        capture_output=True,
-        text=True,
-    )
+    again = sample("-m", str(out.parent), "-n", "2", "-o", str(samples), "--format", "nifti")
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in samples.glob("*.nii.gz")) == [
         "sample_0000.nii.gz",
         "sample_0001.nii.gz",
     ]
-    wrong = subprocess.run(
-        [sys.executable, "-m", "adseg", "gan", "sample", "-m", str(out), "--fold", "1"]
-        + ["-o", str(tmp_path / "y")],
-        capture_output=True,
-        text=True,
-    )
+    wrong = sample("-m", str(out), "--fold", "1", "-o", str(tmp_path / "y"))
     assert wrong.returncode == 1 and "one fold folder (fold 0); folds [1]" in wrong.stderr
 
 
 def test_sample_refuses_a_translation_or_segmentation_folder(tiny_experiment, tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "adseg", "gan", "sample", "-m", str(tmp_path), "-o", "x"],
-        capture_output=True,
-        text=True,
-    )
+    run = sample("-m", str(tmp_path), "-o", "x")
     assert run.returncode == 1 and "no model.json and no fold_* folders" in run.stderr
