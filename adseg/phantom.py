@@ -102,11 +102,7 @@ SCANNERS = {
 # (their restricted diffusion barely shows), and its T2w is strongly compressed (gamma 0.5):
 # a segmentor that learnt A's DWI-bright, T2w-dark lesions misreads B, while B's own labels
 # still teach it (ADC keeps the lesions dark). The shift ADDA is meant for (adseg adda).
-PROTOCOL_B = ScannerProfile(
-    t2_gamma=0.5, t2_scale=700, t2_offset=80, adc_scale=1.1, b_value=100, dwi_scale=2500,
-    bias=0.30, t2_noise=0.05, dwi_noise=0.02, adc_noise=90,
-    t2_spacing=(0.6, 0.6, 3.6), dwi_spacing=(2.5, 2.5, 3.6),
-)
+PROTOCOL_B = dataclasses.replace(SCANNERS["B"], t2_gamma=0.5, b_value=100)
 # fmt: on
 DOMAIN_SHIFTS = ("scanner", "protocol")
 

@@ -146,12 +146,11 @@ def model_settings(config: dict, scheme: str) -> dict:
     evaluation sections, the list of schemes, and (for schemes without a discriminator) the
     discriminator's section. A GAN model (``synthesis-dcgan``) gets the cohort's sections and
     its own part of the ``gan`` section only."""
-    from adseg.gan.settings import TASKS, job_settings, split_name
+    from adseg.gan.settings import TASKS, job_settings, modes_settings, split_name
 
     shared = ("experiment", "results_dir", "dataset", "preprocess", "folds")
     if scheme.startswith("modes-"):  # the mode-coverage study: no cohort, one loss
-        modes = config["gan"]["modes"] | {"losses": [scheme.removeprefix("modes-")]}
-        modes.pop("threads", None)  # how fast, not what
+        modes = modes_settings(config, scheme.removeprefix("modes-"))
         return {"experiment": config["experiment"], "gan": {"modes": modes}}
     if scheme.startswith(tuple(f"{t}-" for t in TASKS)):
         task, name = split_name(scheme)

@@ -119,22 +119,14 @@ def sample_slices(
         raise ValueError(f"{model.folder}: an unconditional model; it takes no class")
     if label is not None and label not in classes:
         raise ValueError(f"class {label!r} unknown to {model.folder}; it knows {classes}")
-    from adseg.gan.networks import condition_latent
-    from adseg.gan.synthesis import CHUNK
+    from adseg.gan.synthesis import generate
 
     rng = torch.Generator().manual_seed(seed)
     z = torch.randn(n, spec["latent_dim"], generator=rng)
     k = len(classes or [])
     y = torch.full((n,), classes.index(label)) if label else torch.arange(n) % max(k, 1)
-    gen = model.generator(device)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, n, CHUNK):
-            latent = z[i : i + CHUNK]
-            if k:
-                latent = condition_latent(latent, y[i : i + CHUNK], k)
-            out.append(gen(latent.to(device)).float().cpu()[:, 0])
-    return torch.cat(out), ([classes[int(i)] for i in y] if k else None)
+    out = generate(model.generator(device), z, y, k, device)[:, 0]
+    return out, ([classes[int(i)] for i in y] if k else None)
 
 
 def write_samples(

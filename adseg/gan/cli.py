@@ -237,9 +237,8 @@ def _modes(args) -> None:
     from adseg.cli import _load
     from adseg.gan.modes import run_modes_job, summarize_modes
 
-    given = {"losses": args.losses, "seeds": args.seeds, "steps": args.steps}
-    given["threads"] = args.threads
-    given = {k: v for k, v in given.items() if v is not None}
+    flags = ("losses", "seeds", "steps", "threads")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     # the flags are checked by the schema as the config's own values are
     config = _load(args.config, {"gan": {"modes": given}}, args.set)
     losses = config["gan"]["modes"]["losses"]

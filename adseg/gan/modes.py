@@ -175,7 +175,7 @@ def _track(config: dict, loss: str, folder: Path, runs: list[dict], summary: dic
         journal = tracking.Journal.create(
             folder / tracking.JOURNALS / f"parent-{parent['config_hash']}", parent
         )
-        journal.config_artifact(tracking.tracking_config(config))
+        journal.config_artifact(config)
         keys = ("modes_covered_mean", "modes_covered_min", "modes_covered_max")
         values = {f"modes/{k}": float(summary[k]) for k in (*keys, "high_quality_mean")}
         journal.metrics(values | {"modes/diverged_runs": float(summary["diverged"])}, step=1)

@@ -61,6 +61,15 @@ def job_settings(config: dict, task: str, name: str) -> dict:
     return common | {task: section | {"models": {name: g[task]["models"][name]}}}
 
 
+def modes_settings(config: dict, loss: str) -> dict:
+    """What one loss's job of the modes study depends on: ``gan.modes`` with only that loss,
+    less ``threads`` (how fast, not what). The workflow passes it to the job (so adding a
+    loss reruns nothing of the others) and MLflow records it as the loss's params."""
+    modes = config["gan"]["modes"] | {"losses": [loss]}
+    modes.pop("threads", None)
+    return modes
+
+
 def problems(config: dict) -> list[str]:
     """Settings of the ``gan`` section that contradict each other (the schema checks types)."""
     g = config["gan"]

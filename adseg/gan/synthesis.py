@@ -13,10 +13,14 @@ training distribution would score), and the spread of its samples.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from adseg import __version__
@@ -209,18 +213,12 @@ class SynthesisTrainer(GanTrainer):
             rows.append(row)
         return mean_stats(rows)
 
-    @torch.inference_mode()
     def sample(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """G's slices ``(N, 1, S, S)`` in [-1, 1] for noise ``z`` and classes ``y`` (eval mode),
-        :data:`CHUNK` at a time."""
+        """G's slices ``(N, 1, S, S)`` in [-1, 1] for noise ``z`` and classes ``y`` (eval mode)."""
         self.gen.eval()
-        out = []
-        for i in range(0, len(z), CHUNK):
-            latent = self.latent(z[i : i + CHUNK].to(self.device), y[i : i + CHUNK].to(self.device))
-            with self.autocast():
-                out.append(self.gen(latent).float().cpu())
+        out = generate(self.gen, z, y, self.classes, self.device, self.autocast)
         self.gen.train()
-        return torch.cat(out)
+        return out
 
     def end_of_epoch(self, epoch: int, row: dict) -> list[Path]:
         s = self.job.section
@@ -240,6 +238,27 @@ class SynthesisTrainer(GanTrainer):
     def _captions(self) -> list[str] | None:
         classes = self.spec["classes"]
         return [f"{classes[int(k)]}" for k in self.fixed_y] if classes else None
+
+
+@torch.inference_mode()
+def generate(
+    gen: nn.Module,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    device,
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """``gen``'s slices ``(N, 1, S, S)`` for noise ``z`` and class indices ``y`` (one-hot
+    conditioned when ``classes`` > 0), on the CPU, :data:`CHUNK` at a time."""
+    out = []
+    for i in range(0, len(z), CHUNK):
+        latent = z[i : i + CHUNK].to(device)
+        if classes:
+            latent = condition_latent(latent, y[i : i + CHUNK].to(device), classes)
+        with autocast():
+            out.append(gen(latent).float().cpu())
+    return torch.cat(out)
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256) -> float:

@@ -10,6 +10,7 @@ from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
 from adseg.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
 from adseg.gan.settings import job_settings as gan_job_settings
 from adseg.gan.settings import model_names as gan_model_names
+from adseg.gan.settings import modes_settings as gan_modes_job_settings
 from adseg.losses import GAN_LOSSES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
@@ -148,8 +149,7 @@ def gan_train_settings(wildcards):
 
 
 def gan_modes_settings(wildcards):
-    """One loss's job of the modes study: gan.modes with only that loss (adding a loss or a
-    change elsewhere in the config reruns nothing of it)."""
-    modes = dict(GAN_CFG["modes"], losses=[wildcards.loss])
-    modes.pop("threads")
-    return shlex.quote(json.dumps({"gan": {"modes": modes}}, sort_keys=True))
+    """One loss's job of the modes study (adding a loss or a change elsewhere in the config
+    reruns nothing of it)."""
+    cfg = {"gan": {"modes": gan_modes_job_settings(config, wildcards.loss)}}
+    return shlex.quote(json.dumps(cfg, sort_keys=True))
