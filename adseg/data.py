@@ -144,8 +144,8 @@ class CasePatches(Randomizable):
     same patches, flips and factors; tests/test_data.py compares them to the chain), then
     cuts the patches by MONAI's slice rule and applies the draws to one stacked tensor.
 
-    Returns ``{"image": (S, C, *patch), "label": (S, 1, *patch)}`` for a case; batches are
-    joined by :func:`collate_patches`.
+    Returns numpy arrays ``{"image": (S, C, *patch), "label": (S, 1, *patch)}`` for a case;
+    :func:`collate_patches` joins them into a batch of tensors.
     """
 
     def __init__(self, chain: Compose) -> None:
@@ -222,15 +222,20 @@ class CasePatches(Randomizable):
             if self.shift._do_transform:
                 self.shift.shifter.randomize(patch)
                 out_image[i] += self.shift.shifter._offset
-        image, label = torch.from_numpy(out_image), torch.from_numpy(out_label)
         if self.squeeze is not None:
-            image, label = image.squeeze(self.squeeze), label.squeeze(self.squeeze)
-        return {"image": image, "label": label}
+            out_image, out_label = out_image.squeeze(self.squeeze), out_label.squeeze(self.squeeze)
+        return {"image": out_image, "label": out_label}
 
 
 def collate_patches(cases: list[dict]) -> dict:
-    """Join cases' :class:`CasePatches` into a batch: ``{"image": (B, C, ...), ...}``."""
-    return {key: torch.cat([c[key] for c in cases]) for key in ("image", "label")}
+    """Join cases' :class:`CasePatches` into a batch: ``{"image": (B, C, ...), ...}``.
+
+    In numpy, not ``torch.cat``: a torch operation in the loading thread of
+    ``ThreadDataLoader`` starts a second pool of OpenMP threads that spin beside the
+    network's; on 2 cores that took the step from 38 to 60 ms (bench/RESULTS.md)."""
+    return {
+        key: torch.from_numpy(np.concatenate([c[key] for c in cases])) for key in ("image", "label")
+    }
 
 
 def training_loader(
@@ -281,8 +286,8 @@ def training_loader(
         progress=show_progress,
     )
     # With `background`, the next batch is drawn in a thread while the network computes
-    # (MONAI's advice for cached data on a GPU). On a CPU that thread only competes with the
-    # network's own threads: 56 ms a batch against 48 ms inline (bench/RESULTS.md).
+    # (MONAI's advice for cached data on a GPU). On a 2-core CPU it gains nothing measurable
+    # (40.4 ms a batch against 41.1 ms inline, bench/RESULTS.md), so the CPU path stays inline.
     loader = (ThreadDataLoader if background else DataLoader)(
         dataset,
         batch_size=max(1, batch_size // samples),
