@@ -294,21 +294,36 @@ def bench_predict(exp: dict, device: torch.device, rounds: int, report: dict) ->
 
 
 MEMORY_CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path[:0] = [{root!r}, {root!r} + "/bench"]
 from pathlib import Path
 import run as b
 exp = b.load_experiment(Path({folder!r}))
 device = torch.device({device!r})
 what = {what!r}
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats(device)
 b.MEMORY_TASKS[what](exp, device)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-print(json.dumps({{"rss_mb": peak / 1024, "gpu_mb": gpu / 2**20}}))
+print(json.dumps({{"rss_mb": b.peak_rss_mb(), "gpu_mb": gpu / 2**20}}))
 """
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux's ``VmHWM``, not ``getrusage``: ru_maxrss survives fork and exec, so a child of
+    this (large) script would report the parent's peak (every figure read 876 MB).
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS
 
 
 def _train_adseg(exp, device) -> None:
