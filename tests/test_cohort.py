@@ -305,3 +305,23 @@ def test_read_channel_wrong_index(tmp_path, write_image):
         ValueError, match=r"t2\.nii\.gz: image of size \(4, 3, 2\) has no channel 1"
     ):
         read_channel(ChannelSource(path, 1))
+
+
+def test_read_channel_takes_a_singleton_4d_file_and_refuses_a_multichannel_one(
+    tmp_path, write_nibabel
+):
+    """A one-file-per-channel source is read in one go: a 4-D file of one volume is that
+    volume; one of several volumes names the file, since it needs a channel index."""
+    volume = np.arange(24, dtype=np.float32).reshape(4, 3, 2)  # x, y, z
+    single = write_nibabel(tmp_path / "single.nii.gz", volume[..., None], np.eye(4))
+    image = read_channel(ChannelSource(single, None))
+    assert image.GetSize() == (4, 3, 2)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.T)
+    several = write_nibabel(
+        tmp_path / "several.nii.gz", np.stack([volume, 2 * volume], -1), np.eye(4)
+    )
+    with pytest.raises(ValueError, match=r"several\.nii\.gz: image of size \(4, 3, 2, 2\)"):
+        read_channel(ChannelSource(several, None))
+    second = read_channel(ChannelSource(several, 1))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(second), 2 * volume.T)
+    assert second.GetDirection() == image.GetDirection()
