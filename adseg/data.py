@@ -295,6 +295,9 @@ def training_loader(
         # workers are forked anew each epoch, so they take the epoch's reseeded transforms
         num_workers=workers,
         collate_fn=collate_patches,
+        # page-locked batches go to the GPU by DMA, with no staging copy, and asynchronously
+        # (the trainer's non_blocking copy)
+        pin_memory=background and torch.cuda.is_available(),
     )
     return loader, randomize
 
