@@ -33,8 +33,12 @@ from adseg.losses import (
 
 def grad_norm(module: nn.Module) -> float:
     """Global L2 norm of the gradients of ``module``'s parameters (0 if there are none)."""
-    norms = [p.grad.detach().norm(2) for p in module.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    # one fused call over all the tensors (as torch's clip_grad_norm_ does): 0.30 ms against
+    # 0.44 ms a step for a norm each, 1 % of a CPU training step (bench/RESULTS.md)
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2))))
 
 
 ALL = slice(None)

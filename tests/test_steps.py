@@ -1,4 +1,5 @@
-"""The D step leaves the generator unchanged; the G step leaves D unchanged."""
+"""The D step leaves the generator unchanged; the G step leaves D unchanged; the logged
+gradient norm is that of all the gradients together."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from adseg.losses import GAN_LOSSES
-from adseg.steps import discriminator_step, generator_step, noisy
+from adseg.steps import discriminator_step, generator_step, grad_norm, noisy
 
 
 class Disc(nn.Module):
@@ -128,3 +129,11 @@ def test_instance_noise_leaves_conditioning_channels_alone():
     assert torch.equal(out[:, [0, 2]], x[:, [0, 2]]) and out[:, 1].std() > 0.5
     assert torch.equal(x, torch.zeros_like(x))  # the input is not changed in place
     assert noisy(x, 0.0, slice(1, 2)) is x
+
+
+def test_grad_norm_is_the_norm_of_all_gradients_together():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 3, bias=False))
+    assert grad_norm(net) == 0.0  # no backward yet
+    net(torch.rand(2, 3, 9, 9)).square().sum().backward()
+    every = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert grad_norm(net) == pytest.approx(float(every.norm()), rel=1e-5)
