@@ -379,10 +379,6 @@ def train_fold(
     device = pick_device(t["device"])
     if device.type == "cpu":
         torch.set_num_threads(t["threads"])
-    else:
-        # every batch has the patch's shape: cuDNN times its convolution algorithms once and
-        # keeps the fastest (nnU-Net does the same)
-        torch.backends.cudnn.benchmark = True
     # computed once: it hashes every preprocessed file of the fold
     key = fingerprint(job)
     state = _resume_state(job, resume, key)
