@@ -11,7 +11,6 @@ network sees in-plane slices, as Kohl et al. 2017 trained.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from monai.transforms import (
     SqueezeDimd,
     ToNumpyd,
 )
-from monai.utils import ensure_tuple
+from monai.transforms.utils import map_spatial_axes
 
 from adseg.io import read_json
 
@@ -135,23 +134,31 @@ def random_transforms(
 
 
 class CasePatches(Randomizable):
-    """The random part of :func:`random_transforms`, a case's patches drawn as one tensor.
+    """The random part of :func:`random_transforms`, a case's patches drawn as one array.
 
     MONAI's chain makes a dictionary per patch and sends each through the flip and the two
     intensity jitters, then the loader collates them: about 0.5 ms of bookkeeping a patch,
     a quarter of a CPU training step (bench/run.py --only data). This transform asks the
     chain's own transforms for their random draws (``randomize``, so the same seed draws the
     same patches, flips and factors; tests/test_data.py compares them to the chain), then
-    cuts the patches by MONAI's slice rule and applies the draws to one stacked tensor.
+    cuts the patches by MONAI's slice rule and applies the draws to one stacked array.
 
     Returns numpy arrays ``{"image": (S, C, *patch), "label": (S, 1, *patch)}`` for a case;
     :func:`collate_patches` joins them into a batch of tensors.
+
+    Seeding this transform seeds the chain, so in one process it draws what the chain would.
+    In loading processes MONAI seeds it with one seed from the loader's outer chain, where it
+    used to seed the chain's four transforms one by one: reproducible draws, but not the same.
     """
 
     def __init__(self, chain: Compose) -> None:
         kinds = (RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd, RandShiftIntensityd)
         steps = list(chain.transforms)
-        if len(steps) < len(kinds) or not all(map(isinstance, steps, kinds)):
+        if (
+            len(steps) not in (len(kinds), len(kinds) + 1)
+            or not all(map(isinstance, steps, kinds))
+            or not all(isinstance(s, SqueezeDimd) for s in steps[len(kinds) :])
+        ):
             raise TypeError(f"not the chain of random_transforms: {steps}")
         crop, flip, scale, shift, *squeeze = steps
         self.chain = chain
@@ -159,8 +166,8 @@ class CasePatches(Randomizable):
         # SqueezeDimd's dim counts the channel; a stacked patch has the sample axis first too
         self.squeeze = squeeze[0].converter.dim + 1 if squeeze else None
         self.size = list(crop.cropper.spatial_size)
-        # a patch is (C, X, Y, Z): the flip's spatial axes are one further on
-        self.flip_dims = [a + 1 for a in ensure_tuple(flip.flipper.spatial_axis)]
+        # a patch is flipped as cut, (C, X, Y, Z): MONAI's own mapping of its spatial axes
+        self.flip_dims = map_spatial_axes(len(self.size) + 1, flip.flipper.spatial_axis)
 
     def set_random_state(self, seed=None, state=None) -> CasePatches:
         self.chain.set_random_state(seed, state)
@@ -260,8 +267,6 @@ def training_loader(
     crop = patch_shape(patch_size, spatial_dims, axis)
     # `pos_fraction` 0 or 1 would make MONAI divide by zero; keep a sliver of the other kind
     pos = min(max(pos_fraction, 1e-3), 1 - 1e-3)
-    # cases without a lesion give only background patches; MONAI warns about each one
-    warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
     randomize = random_transforms(crop, samples, pos, axis if spatial_dims == 2 else None)
     dataset = CacheDataset(
         items,
@@ -292,7 +297,8 @@ def training_loader(
         dataset,
         batch_size=max(1, batch_size // samples),
         shuffle=True,
-        # workers are forked anew each epoch, so they take the epoch's reseeded transforms
+        # loading processes start anew each epoch; MONAI seeds their transforms from torch's
+        # generator, which set_determinism resets every epoch: still reproducible
         num_workers=workers,
         collate_fn=collate_patches,
         # page-locked batches go to the GPU by DMA, with no staging copy, and asynchronously
