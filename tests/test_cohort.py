@@ -313,10 +313,15 @@ def test_read_channel_takes_a_singleton_4d_file_and_refuses_a_multichannel_one(
     """A one-file-per-channel source is read in one go: a 4-D file of one volume is that
     volume; one of several volumes names the file, since it needs a channel index."""
     volume = np.arange(24, dtype=np.float32).reshape(4, 3, 2)  # x, y, z
+    # ITK's NIfTI reader drops a trailing axis of one itself; its MetaImage reader keeps it
     single = write_nibabel(tmp_path / "single.nii.gz", volume[..., None], np.eye(4))
-    image = read_channel(ChannelSource(single, None))
-    assert image.GetSize() == (4, 3, 2)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.T)
+    mha = tmp_path / "single.mha"
+    sitk.WriteImage(sitk.JoinSeries(sitk.GetImageFromArray(volume.T)), str(mha))
+    assert sitk.ReadImage(str(mha)).GetSize() == (4, 3, 2, 1)
+    for path in (mha, single):
+        image = read_channel(ChannelSource(path, None))
+        assert image.GetSize() == (4, 3, 2)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.T)
     several = write_nibabel(
         tmp_path / "several.nii.gz", np.stack([volume, 2 * volume], -1), np.eye(4)
     )
