@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -462,18 +463,21 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine(device)}; device {device}; {time.strftime('%Y-%m-%d')}")
-    folder = args.data or Path(tempfile.mkdtemp(prefix="adseg-bench-"))
-    if not (folder / "splits.json").is_file():
-        t0 = time.perf_counter()
-        make_experiment(folder, args.patients, args.spacing)
-        print(
-            f"data: {args.patients} synthetic patients preprocessed in "
-            f"{time.perf_counter() - t0:.0f} s"
-        )
-    exp = load_experiment(folder)
-    report: dict[str, float] = {}
-    for name in args.only or GROUPS:
-        GROUPS[name](exp, device, args.rounds, report)
+    # without --data the generated cohort is removed at the end
+    given = nullcontext(args.data) if args.data else None
+    with given or tempfile.TemporaryDirectory(prefix="adseg-bench-") as f:
+        folder = Path(f)
+        if not (folder / "splits.json").is_file():
+            t0 = time.perf_counter()
+            make_experiment(folder, args.patients, args.spacing)
+            print(
+                f"data: {args.patients} synthetic patients preprocessed in "
+                f"{time.perf_counter() - t0:.0f} s"
+            )
+        exp = load_experiment(folder)
+        report: dict[str, float] = {}
+        for name in args.only or GROUPS:
+            GROUPS[name](exp, device, args.rounds, report)
     print()
     missed = 0
     for name, ratio in report.items():
