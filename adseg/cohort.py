@@ -14,7 +14,10 @@ without a label is kept (``label=None``) so its images are still checked.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +142,19 @@ def read_channel(source: ChannelSource) -> sitk.Image:
     reader.SetExtractIndex([0, 0, 0, k])
     reader.SetExtractSize([*size[:3], 0])
     return sitk.Cast(reader.Execute(), sitk.sitkFloat32)
+
+
+def read_channels(sources: Sequence[ChannelSource]) -> list[sitk.Image]:
+    """:func:`read_channel` of each source, in order, read side by side in threads.
+
+    SimpleITK lets go of the GIL while it reads, and decompressing a .nii.gz is one thread's
+    work: on 2 cores a case's three channels read in about 0.6 of the time one by one
+    (bench/RESULTS.md). The first file that fails raises, as :func:`read_channel` does.
+    """
+    if len(sources) < 2:
+        return [read_channel(s) for s in sources]
+    with ThreadPoolExecutor(min(len(sources), os.cpu_count() or 1)) as pool:
+        return list(pool.map(read_channel, sources))
 
 
 def read_label(path: str | Path) -> sitk.Image:

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from adseg.cohort import read_channel
+from adseg.cohort import read_channels
 from adseg.geometry import Grid
 from adseg.inference import (
     discriminator_score,
@@ -281,7 +281,7 @@ def predict_case(
     """Segment one case and write its outputs; return its summary row."""
     t0 = time.perf_counter()
     spec, plan = models[0].spec, models[0].plan
-    channels = [read_channel(src) for src in case.channels]
+    channels = read_channels(case.channels)
     # the record's intensity statistics are QC of a training cohort; a prediction needs none
     images, _, record = preprocess_images(channels, None, plan, statistics=False)
     x = torch.from_numpy(np.stack([sitk.GetArrayFromImage(im).transpose(2, 1, 0) for im in images]))

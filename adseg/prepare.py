@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from adseg import __version__
-from adseg.cohort import Case, CohortError, discover_cohort, read_channel, read_label
+from adseg.cohort import Case, CohortError, discover_cohort, read_channels, read_label
 from adseg.config import cohort_layout
 from adseg.geometry import Grid, obliquity_deg
 from adseg.io import atomic_dir, write_image, write_json, write_text
@@ -144,7 +144,7 @@ def preprocess_case(
 ) -> dict:
     """Preprocess and write one case; return its QC row (with validation's warnings)."""
     t0 = time.perf_counter()
-    channels = [read_channel(src) for src in case.channels]
+    channels = read_channels(case.channels)
     label = read_label(case.label) if case.label is not None else None
     images, label_out, record = preprocess_images(channels, label, plan)
     for c, image in enumerate(images):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from adseg.cohort import CohortError, discover_cohort, read_channel, read_label
+from adseg.cohort import CohortError, discover_cohort, read_channel, read_channels, read_label
 from adseg.layouts import ChannelSource, Problem
 
 
@@ -330,3 +330,19 @@ def test_read_channel_takes_a_singleton_4d_file_and_refuses_a_multichannel_one(
     second = read_channel(ChannelSource(several, 1))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(second), 2 * volume.T)
     assert second.GetDirection() == image.GetDirection()
+
+
+def test_read_channels_reads_each_source_in_order_and_names_a_bad_file(tmp_path, write_nibabel):
+    """The threaded read gives what read_channel gives, channel by channel; a file that fails
+    raises its own error."""
+    rng = np.random.default_rng(0)
+    volumes = [rng.random((6, 5, 4)).astype(np.float32) for _ in range(3)]
+    paths = [write_nibabel(tmp_path / f"c{i}.nii.gz", v, np.eye(4)) for i, v in enumerate(volumes)]
+    stacked = write_nibabel(tmp_path / "all.nii.gz", np.stack(volumes, -1), np.eye(4))
+    sources = [ChannelSource(p, None) for p in paths] + [ChannelSource(stacked, 1)]
+    images = read_channels(sources)
+    assert len(images) == 4
+    for image, volume in zip(images, [*volumes, volumes[1]], strict=True):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.T)
+    with pytest.raises(ValueError, match=r"all\.nii\.gz: image of size .* has no channel 5"):
+        read_channels([*sources, ChannelSource(stacked, 5)])
