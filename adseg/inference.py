@@ -105,7 +105,21 @@ def to_grid(probs: torch.Tensor, source: Grid, target: Grid) -> tuple[np.ndarray
     foreground = np.stack(resampled).astype(np.float32)
     background = np.clip(1.0 - foreground.sum(axis=0), 0.0, 1.0)[None]
     stacked = np.concatenate([background, foreground])
-    return stacked.argmax(axis=0).astype(np.uint8), stacked
+    return first_argmax(stacked), stacked
+
+
+def first_argmax(maps: np.ndarray) -> np.ndarray:
+    """``maps.argmax(axis=0)`` as uint8 for ``(K, ...)`` maps without NaN, ties to the lower
+    class as numpy's: K - 1 comparisons of whole maps, a third of the time of numpy's
+    reduction across the class axis (bench/RESULTS.md)."""
+    labels = np.zeros(maps.shape[1:], np.uint8)
+    best = maps[0]
+    for k in range(1, len(maps)):
+        better = maps[k] > best
+        labels[better] = k
+        if k < len(maps) - 1:
+            best = np.where(better, maps[k], best)
+    return labels
 
 
 @torch.inference_mode()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from torch import nn
 
 from adseg.geometry import Grid
-from adseg.inference import make_inferer, predict_probabilities, to_grid
+from adseg.inference import first_argmax, make_inferer, predict_probabilities, to_grid
 from adseg.preprocess import Plan, preprocess_images
 
 OBLIQUE_LPS = tuple(
@@ -90,3 +91,13 @@ def test_slice_and_window_inference_shapes_and_tta():
         torch.testing.assert_close(probs[0] > 0.5, image[0] > 0)
         tta = predict_probabilities([model, model], image, inferer, dims, axis=2, tta=True)
         torch.testing.assert_close(tta, probs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+def test_first_argmax_is_numpys_argmax_ties_included(classes):
+    rng = np.random.default_rng(classes)
+    # values from a few levels, so that many voxels tie between classes
+    maps = rng.integers(0, 3, (classes, 7, 6, 5)).astype(np.float32) / 2
+    labels = first_argmax(maps)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, maps.argmax(axis=0))
