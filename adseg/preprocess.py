@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.transforms import NormalizeIntensity, ScaleIntensityRangePercentiles
+from monai.transforms import ScaleIntensityRangePercentiles
 from scipy import ndimage
 
 from adseg import __version__
@@ -220,12 +220,33 @@ def normalize(
         )
     if scheme == "none":
         return arr.astype(np.float32), stats
-    if scheme == "percentile":
-        transform = ScaleIntensityRangePercentiles(*percentiles, b_min=0.0, b_max=1.0, clip=True)
-    else:
-        transform = NormalizeIntensity(nonzero=scheme == "zscore-nonzero")
+    if scheme != "percentile":
+        return zscore(arr, nonzero=scheme == "zscore-nonzero"), stats
+    transform = ScaleIntensityRangePercentiles(*percentiles, b_min=0.0, b_max=1.0, clip=True)
     out = transform(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
     return np.asarray(out, dtype=np.float32), stats
+
+
+def zscore(arr: np.ndarray, nonzero: bool) -> np.ndarray:
+    """MONAI's ``NormalizeIntensity`` (``nonzero`` as there), in numpy on a float32 copy.
+
+    Same rules: statistics over the non-zero voxels with ``nonzero`` (which stay 0), a zero
+    standard deviation divides by 1, an all-zero channel is returned as it is. MONAI's goes
+    through torch's masked indexing, 3.5 times the time (2.4 against 0.7 ms a channel of
+    216,000 voxels, bench/RESULTS.md); tests/test_preprocess.py compares the two.
+    """
+    out = np.array(arr, dtype=np.float32)
+    mask = out != 0 if nonzero else None
+    values = out[mask] if mask is not None else out
+    if values.size == 0:
+        return out
+    # statistics in float64; Python floats keep the arithmetic in float32
+    mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+    scaled = (values - mean) / (std or 1.0)
+    if mask is None:
+        return scaled
+    out[mask] = scaled
+    return out
 
 
 def preprocess_images(

@@ -16,6 +16,7 @@ from adseg.preprocess import (
     preprocess_images,
     reoriented_grid,
     target_grid,
+    zscore,
 )
 
 LPS = (1, 0, 0, 0, 1, 0, 0, 0, 1)
@@ -159,6 +160,28 @@ def test_normalization_schemes():
     np.testing.assert_array_equal(same, arr)
     with pytest.raises(ValueError, match="choose from zscore, zscore-nonzero, percentile, none"):
         normalize(arr, "minmax")
+
+
+@pytest.mark.parametrize("nonzero", [True, False])
+@pytest.mark.parametrize("kind", ["mixed", "all-zero", "constant", "integers"])
+def test_zscore_is_monais_normalize_intensity(kind, nonzero):
+    """adseg's numpy z-score gives MONAI's NormalizeIntensity, edge cases included."""
+    import torch
+    from monai.transforms import NormalizeIntensity
+
+    rng = np.random.default_rng(0)
+    arr = {
+        "mixed": rng.normal(300, 80, (6, 20, 20)) * (rng.random((6, 20, 20)) > 0.3),
+        "all-zero": np.zeros((3, 4, 5)),
+        "constant": np.full((3, 4, 5), 7.0),
+        "integers": rng.integers(0, 4000, (6, 20, 20)),
+    }[kind]
+    expected = NormalizeIntensity(nonzero=nonzero)(torch.from_numpy(arr.astype(np.float32)))
+    got = zscore(arr, nonzero)
+    assert got.dtype == np.float32 and got.shape == arr.shape
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-5)
+    if nonzero:
+        assert np.all(got[arr == 0] == 0)
 
 
 def test_make_plan_rejects_unknown_channels():
