@@ -243,12 +243,14 @@ def bench_data(exp: dict, device: torch.device, rounds: int, report: dict) -> No
 
 
 def trained_model(exp: dict) -> Path:
-    from adseg.config import deep_merge
+    """Fold 0 of the ce scheme, trained as the default config trains it. Its masks are like
+    a user's (a one-epoch model called 91 % of every volume lesion, and labelling the
+    components of such a mask took 4 ms of a 70 ms predict)."""
     from adseg.train import train_fold
 
-    out = exp["folder"] / "model" / "ce"
+    config = exp["config"]
+    out = exp["folder"] / "model" / f"ce-{config['train']['epochs']}-epochs"
     if not (out / "fold_0" / "model.json").is_file():
-        config = deep_merge(copy.deepcopy(exp["config"]), {"train": {"epochs": 1}})
         train_fold(config, "ce", 0, exp["preprocessed"], exp["splits"], out / "fold_0", "no", False)
     return out
 
