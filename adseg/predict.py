@@ -44,7 +44,7 @@ from adseg.io import atomic_path, strip_nifti_suffix, write_text
 from adseg.layouts import ChannelSource
 from adseg.log import logger, progress
 from adseg.modeldir import FoldModel, read_model
-from adseg.preprocess import preprocess_images
+from adseg.preprocess import nonzero_bbox, preprocess_images
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 SUMMARY = "predictions.csv"
@@ -210,8 +210,12 @@ def lesion_stats(labels_zyx: np.ndarray, spacing_xyz, names: dict[int, str]) -> 
         if value == 0:
             continue
         mask = labels_zyx == value
-        out[f"{name}_ml"] = round(int(mask.sum()) * voxel_ml, 4)
-        out[f"{name}_count"] = int(ndimage.label(mask, structure)[1])
+        voxels = int(np.count_nonzero(mask))
+        out[f"{name}_ml"] = round(voxels * voxel_ml, 4)
+        # components within the mask's bounding box, where they all lie: labelling the
+        # whole volume took 2 ms even with nothing in it
+        count = ndimage.label(mask[nonzero_bbox([mask])], structure)[1] if voxels else 0
+        out[f"{name}_count"] = int(count)
     return out
 
 

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from adseg.predict import PredictError, PredictOptions, collect_inputs, predict
+from adseg.predict import PredictError, PredictOptions, collect_inputs, lesion_stats, predict
 from adseg.train import train_fold
 
 CHANNELS = ["T2w", "ADC", "DWI"]
@@ -349,3 +349,16 @@ def test_without_a_stored_threshold_no_case_is_flagged(model_dir, tmp_path):
         PredictOptions(quality_threshold=1.0, show_progress=False),
     )
     assert _rows(flagged)[0]["d_flag"] == "unlike-expert"
+
+
+def test_lesion_stats_count_26_connected_components_and_millilitres():
+    labels = np.zeros((8, 9, 10), np.uint8)
+    labels[0, 0, 0] = 1  # a corner voxel
+    labels[1, 1, 1] = 1  # touches it by a vertex: the same component
+    labels[5:7, 5:8, 8:10] = 1  # a block at the far faces
+    labels[3, 7, 2] = 2  # another class
+    names = {0: "background", 1: "lesion", 2: "gland"}
+    stats = lesion_stats(labels, (0.5, 0.5, 4.0), names)
+    assert stats == {"lesion_count": 2, "lesion_ml": 0.014, "gland_count": 1, "gland_ml": 0.001}
+    empty = lesion_stats(np.zeros((4, 4, 4), np.uint8), (1, 1, 1), names)
+    assert empty["lesion_count"] == 0 and empty["lesion_ml"] == 0.0
