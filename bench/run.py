@@ -364,7 +364,7 @@ def _predict_adseg(exp, device) -> None:
 
     out = Path(tempfile.mkdtemp(dir=exp["folder"]))
     opts = PredictOptions(device=device.type, show_progress=False, folds=[0])
-    predict([exp["raw"] / "imagesTr"], out, exp["folder"] / "model" / "ce", opts)
+    predict([exp["raw"] / "imagesTr"], out, trained_model(exp), opts)
 
 
 @torch.inference_mode()
@@ -373,7 +373,7 @@ def _predict_monai(exp, device) -> None:
     from adseg.inference import make_inferer
     from adseg.modeldir import read_model
 
-    model = read_model(exp["folder"] / "model" / "ce", [0])[0]
+    model = read_model(trained_model(exp), [0])[0]
     net, spec = model.segmentor("final", device), model.spec
     inferer = make_inferer(2, spec["patch_size"], spec["slice_axis"])
     ids = json.loads((exp["preprocessed"] / "dataset.json").read_text())["cases"]
