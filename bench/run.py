@@ -466,8 +466,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine(device)}; device {device}; {time.strftime('%Y-%m-%d')}")
     # without --data the generated cohort is removed at the end
-    given = nullcontext(args.data) if args.data else None
-    with given or tempfile.TemporaryDirectory(prefix="adseg-bench-") as f:
+    data = nullcontext(args.data) if args.data else tempfile.TemporaryDirectory(prefix="adseg-")
+    with data as f:
         folder = Path(f)
         if not (folder / "splits.json").is_file():
             t0 = time.perf_counter()
