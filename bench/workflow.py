@@ -108,6 +108,8 @@ def main() -> int:
         per_rule[re.sub(r"_(ce|dicece|adversarial|hybrid)_fold_\d+$", "", name)].append(s)
     if total is not None:
         print(f"snakemake --cores all on the default config: {total:.0f} s wall")
+        # kept for a reread (--results) or a look at the run itself
+        print(f"results: {results} (read again with --results {results})")
     print(f"{'rule':<16} {'jobs':>4} {'sum s':>8} {'max s':>8}")
     for rule, values in sorted(per_rule.items(), key=lambda kv: -sum(kv[1])):
         print(f"{rule:<16} {len(values):>4} {sum(values):>8.1f} {max(values):>8.1f}")
