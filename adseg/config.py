@@ -112,7 +112,7 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
             )
     adda = config["adda"]
     if adda["enabled"]:
-        from adseg.schemes import SPLITTABLE_NETWORKS
+        from adseg.training.schemes import SPLITTABLE_NETWORKS
 
         network = config["train"]["network"]["name"]
         if network not in SPLITTABLE_NETWORKS:

@@ -90,10 +90,10 @@ def make_experiment(folder: Path, n_patients: int, spacing: list[float] | None =
     import yaml
 
     from adseg.config import load_config
+    from adseg.data.splits import case_meta_from_dataset, make_splits
+    from adseg.data.synthetic import generate_cohort
     from adseg.io import write_json, write_text
-    from adseg.prepare import prepare_cohort
-    from adseg.splits import case_meta_from_dataset, make_splits
-    from adseg.synth import generate_cohort
+    from adseg.preprocessing.cohort import prepare_cohort
 
     overrides = {"preprocess": {"target_spacing": spacing}} if spacing else None
     config = load_config(ROOT / "config" / "config.yaml", overrides)
@@ -111,8 +111,8 @@ def make_experiment(folder: Path, n_patients: int, spacing: list[float] | None =
 def trainer_for(exp: dict, scheme: str, device: torch.device, **train):
     from adseg.config import deep_merge
     from adseg.io import read_json
-    from adseg.train import Trainer
-    from adseg.trainconfig import check_job
+    from adseg.training.job import check_job
+    from adseg.training.segmentation import Trainer
 
     config = deep_merge(copy.deepcopy(exp["config"]), {"train": train}) if train else exp["config"]
     out = exp["folder"] / f"{scheme}_bench"
@@ -135,7 +135,7 @@ def first_batch(job, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _loader(job, device: torch.device):
     """The training loader as train_fold makes it on ``device``."""
-    from adseg.data import case_items, training_loader
+    from adseg.training.loader import case_items, training_loader
 
     t, spec = job.config["train"], job.spec
     return training_loader(
@@ -246,7 +246,7 @@ def trained_model(exp: dict) -> Path:
     """Fold 0 of the ce scheme, trained as the default config trains it. Its masks are like
     a user's (a one-epoch model called 91 % of every volume lesion, and labelling the
     components of such a mask took 4 ms of a 70 ms predict)."""
-    from adseg.train import train_fold
+    from adseg.training.segmentation import train_fold
 
     config = exp["config"]
     out = exp["folder"] / "model" / f"ce-{config['train']['epochs']}-epochs"
@@ -258,10 +258,10 @@ def trained_model(exp: dict) -> Path:
 def bench_predict(exp: dict, device: torch.device, rounds: int, report: dict) -> None:
     """adseg predict per volume (read, preprocess, infer, resample back, write) vs MONAI's
     sliding-window inference alone on the already-preprocessed tensor."""
-    from adseg.data import case_items, validation_dataset
-    from adseg.inference import make_inferer
-    from adseg.modeldir import read_model
-    from adseg.predict import Critics, PredictOptions, collect_inputs, predict_case
+    from adseg.inference.modelfolder import read_model
+    from adseg.inference.predict import Critics, PredictOptions, collect_inputs, predict_case
+    from adseg.inference.sliding import make_inferer
+    from adseg.training.loader import case_items, validation_dataset
 
     model_dir = trained_model(exp)
     models = read_model(model_dir, [0])
@@ -338,7 +338,7 @@ def _train_adseg(exp, device) -> None:
 
 
 def _train_monai(exp, device) -> None:
-    from adseg.networks import build_segmentor
+    from adseg.training.networks import build_segmentor
 
     job, _ = trainer_for(exp, "ce", device)
     net_spec = job.spec["network"]
@@ -360,7 +360,7 @@ def _train_monai(exp, device) -> None:
 
 
 def _predict_adseg(exp, device) -> None:
-    from adseg.predict import PredictOptions, predict
+    from adseg.inference.predict import PredictOptions, predict
 
     out = Path(tempfile.mkdtemp(dir=exp["folder"]))
     opts = PredictOptions(device=device.type, show_progress=False, folds=[0])
@@ -369,9 +369,9 @@ def _predict_adseg(exp, device) -> None:
 
 @torch.inference_mode()
 def _predict_monai(exp, device) -> None:
-    from adseg.data import case_items, validation_dataset
-    from adseg.inference import make_inferer
-    from adseg.modeldir import read_model
+    from adseg.inference.modelfolder import read_model
+    from adseg.inference.sliding import make_inferer
+    from adseg.training.loader import case_items, validation_dataset
 
     model = read_model(trained_model(exp), [0])[0]
     net, spec = model.segmentor("final", device), model.spec
@@ -459,7 +459,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     OPTIONS["workers"] = args.workers
-    from adseg.train import pick_device
+    from adseg.training.segmentation import pick_device
 
     device = pick_device(args.device)
     if args.threads:

@@ -195,7 +195,7 @@ TINY_TRAIN = {
     },
     "adversarial": {"d_features": [8, 16]},
 }
-# GAN models small enough to train for a few epochs in seconds (tests/test_gan_*.py)
+# GAN models small enough to train for a few epochs in seconds (tests/gan/)
 TINY_GAN = {
     "gan": {
         "threads": 1,
@@ -234,10 +234,10 @@ def tiny_experiment(tmp_path_factory) -> dict:
     config with :data:`TINY_TRAIN`). Session-scoped: tests must not modify these files.
     """
     from adseg.config import load_config
+    from adseg.data.splits import case_meta_from_dataset, make_splits
+    from adseg.data.synthetic import generate_cohort
     from adseg.io import write_json
-    from adseg.prepare import prepare_cohort
-    from adseg.splits import case_meta_from_dataset, make_splits
-    from adseg.synth import generate_cohort
+    from adseg.preprocessing.cohort import prepare_cohort
 
     root = tmp_path_factory.mktemp("tiny_experiment")
     config = load_config(

@@ -10,6 +10,6 @@
   on held-out patients and its application to new scans.
 - :mod:`adseg.gan.toy`: the ring of 8 Gaussians, for the mode-coverage benchmark.
 
-Every adversarial update goes through :func:`adseg.steps.discriminator_step` and
-:func:`adseg.steps.generator_step`, the same two functions the segmentation schemes use.
+Every adversarial update goes through :func:`adseg.training.steps.discriminator_step` and
+:func:`adseg.training.steps.generator_step`, the same two functions the segmentation schemes use.
 """

@@ -25,9 +25,9 @@ from monai.transforms import (
     ResizeWithPadOrCrop,
 )
 
-from adseg.data import case_items, validation_dataset
 from adseg.io import read_json
-from adseg.preprocess import channel_index
+from adseg.preprocessing.case import channel_index
+from adseg.training.loader import case_items, validation_dataset
 
 
 def cohort_channels(preprocessed: Path) -> list[str]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from adseg.evaluation.summary import _num, _stats, paired_test
 from adseg.io import read_json, write_text, write_tsv
 from adseg.plots import box_plot
-from adseg.qc import read_tsv
-from adseg.summary import _num, _stats, paired_test
+from adseg.preprocessing.qc import read_tsv
 
 TRANSLATION_METRICS = {"mae": "MAE ↓", "psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑"}
 STAT_COLUMNS = ("model", "metric", "fold", "n", "mean", "std", "median")

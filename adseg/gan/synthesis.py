@@ -3,8 +3,8 @@ a conditional GAN on the scanner domain (Mirza and Osindero 2014).
 
 One model is trained on one fold's training patients (:func:`train_synthesis`). Each epoch,
 D takes every batch of real slices; G is updated after every ``d_steps`` of them (Goodfellow
-et al. 2014, Algorithm 1), through :func:`adseg.steps.discriminator_step` and
-:func:`adseg.steps.generator_step`. A grid of samples from fixed noise is drawn every
+et al. 2014, Algorithm 1), through :func:`adseg.training.steps.discriminator_step` and
+:func:`adseg.training.steps.generator_step`. A grid of samples from fixed noise is drawn every
 ``sample_every`` epochs. At the end the model is measured against the fold's held-out
 patients (:func:`evaluate_samples`): the sliced Wasserstein distance of its samples to their
 slices, beside the distance of the training slices to them (what a perfect generator of the
@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from adseg import __version__
-from adseg.data import slice_axis
-from adseg.gan.common import (
+from adseg.gan.data import channel_indices, intensity_ranges, load_volumes, synthesis_slices
+from adseg.gan.job import (
     GanJob,
     GanTrainer,
     make_autocast,
@@ -36,7 +36,6 @@ from adseg.gan.common import (
     spread_ratio,
     start,
 )
-from adseg.gan.data import channel_indices, intensity_ranges, load_volumes, synthesis_slices
 from adseg.gan.networks import (
     DCGANDiscriminator,
     DCGANGenerator,
@@ -46,9 +45,10 @@ from adseg.gan.networks import (
 )
 from adseg.io import copy_file, read_json, write_json
 from adseg.log import logger
-from adseg.preprocess import Plan
-from adseg.steps import discriminator_step, generator_step
-from adseg.train import _save
+from adseg.preprocessing.case import Plan
+from adseg.training.loader import slice_axis
+from adseg.training.segmentation import _save
+from adseg.training.steps import discriminator_step, generator_step
 
 LOG_COLUMNS = (
     "epoch",
@@ -317,7 +317,7 @@ def train_synthesis(
     Args:
         config: a resolved config (its ``gan`` section).
         model: a name in ``gan.synthesis.models``.
-        resume: ``no``, ``yes`` or ``auto``, as for :func:`adseg.train.train_fold`.
+        resume: ``no``, ``yes`` or ``auto``, as for :func:`adseg.training.segmentation.train_fold`.
         tracker: an :class:`adseg.tracking.FoldRun`, or None.
 
     Returns:

@@ -5,9 +5,9 @@ Data: 8 isotropic Gaussians, σ = 0.02, centred on a circle of radius 2 (Metz et
 lies within 3σ of its nearest centre; a mode is *covered* when enough high-quality samples are
 assigned to it (VEEGAN: out of 2500 samples, a mode with fewer than 20 is lost).
 
-Every update goes through :func:`adseg.steps.discriminator_step` and
-:func:`adseg.steps.generator_step`: ``d_steps`` D updates per G update, each on a fresh real
-batch and a fresh z batch (Goodfellow et al. 2014, Algorithm 1).
+Every update goes through :func:`adseg.training.steps.discriminator_step` and
+:func:`adseg.training.steps.generator_step`: ``d_steps`` D updates per G update, each on a
+fresh real batch and a fresh z batch (Goodfellow et al. 2014, Algorithm 1).
 
 Sizes, chosen so that a run takes seconds to about a minute on one CPU thread: MLPs of 2 hidden
 layers of 128 units, the width of Metz et al.'s toy networks (64 units were no faster to
@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from adseg.gan.networks import MLPDiscriminator, MLPGenerator
-from adseg.losses import FEATURE_MATCHING, GAN_LOSSES, check_loss
-from adseg.steps import discriminator_step, generator_step
+from adseg.training.losses import FEATURE_MATCHING, GAN_LOSSES, check_loss
+from adseg.training.steps import discriminator_step, generator_step
 
 TOY_LOSSES = GAN_LOSSES
 # VEEGAN's rule (Srivastava et al. 2017): of 2500 samples, a mode with fewer than 20

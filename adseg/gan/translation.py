@@ -8,7 +8,7 @@ target), fake = (source, G(source)). G minimises ``adv_weight · L_G + l1_weight
 
 Training draws random slices of a fold's training patients, randomly cropped to
 ``patch_size``; the fully convolutional U-Net then translates whole slices of any size.
-:func:`adseg.gan.apply.evaluate_translation` compares generated and real target channels of
+:func:`adseg.gan.inference.evaluate_translation` compares generated and real target channels of
 the fold's held-out patients (MAE, PSNR, SSIM, with MONAI's metrics) on the generators'
 [-1, 1] scale: the training patients' intensity range of the target channel mapped to
 [-1, 1], the real target not clipped to it (so its tails count against the generator).
@@ -24,18 +24,6 @@ import torch.nn.functional as F
 from monai.metrics import MAEMetric, PSNRMetric, SSIMMetric
 
 from adseg import __version__
-from adseg.data import slice_axis
-from adseg.gan.common import (
-    GanJob,
-    GanTrainer,
-    make_autocast,
-    make_job,
-    mean_stats,
-    optimizers,
-    run_epochs,
-    spread_ratio,
-    start,
-)
 from adseg.gan.data import (
     channel_indices,
     intensity_ranges,
@@ -46,12 +34,24 @@ from adseg.gan.data import (
     scaled,
     translation_loader,
 )
+from adseg.gan.job import (
+    GanJob,
+    GanTrainer,
+    make_autocast,
+    make_job,
+    mean_stats,
+    optimizers,
+    run_epochs,
+    spread_ratio,
+    start,
+)
 from adseg.gan.networks import PatchGANDiscriminator, UNetGenerator
 from adseg.io import read_json, write_json
 from adseg.log import logger
-from adseg.preprocess import Plan
-from adseg.steps import discriminator_step, generator_step, grad_norm
-from adseg.train import _save
+from adseg.preprocessing.case import Plan
+from adseg.training.loader import slice_axis
+from adseg.training.segmentation import _save
+from adseg.training.steps import discriminator_step, generator_step, grad_norm
 
 LOG_COLUMNS = (
     "epoch",

@@ -7,11 +7,11 @@ from pathlib import Path
 from adseg.config import experiment_dir, resolve_config
 from adseg.io import read_json
 from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
-from adseg.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
+from adseg.training.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
 from adseg.gan.settings import job_settings as gan_job_settings
 from adseg.gan.settings import model_names as gan_model_names
 from adseg.gan.settings import modes_settings as gan_modes_job_settings
-from adseg.losses import GAN_LOSSES
+from adseg.training.losses import GAN_LOSSES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.

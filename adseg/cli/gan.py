@@ -1,0 +1,252 @@
+"""``adseg gan ...``: the GAN tasks' commands (train, evaluate, summary, sample, translate,
+modes).
+
+Registered on the main parser by :func:`add_gan_commands`; errors end as the other
+commands' do (a message naming the file, exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+from adseg.log import logger
+
+EXAMPLES = {
+    "train": "adseg gan train --task translation --model pix2pix --fold 0 --config config/gan.yaml"
+    " --preprocessed results/gan/preprocessed --splits results/gan/splits.json"
+    " -o results/gan/gan/translation-pix2pix/fold_0",
+    "evaluate": "adseg gan evaluate results/gan/gan/translation-pix2pix/fold_0"
+    " --preprocessed results/gan/preprocessed -o results/gan/gan/translation-pix2pix/fold_0/"
+    "metrics.tsv",
+    "summary": "adseg gan summary --synthesis results/gan/gan/synthesis-*/fold_*/model.json"
+    " --translation results/gan/gan/translation-*/fold_*/metrics.tsv -o results/gan/gan",
+    "sample": "adseg gan sample -m results/gan/gan/synthesis-wgan-gp -n 64 -o samples/",
+    "translate": "adseg gan translate -m results/gan/gan/translation-pix2pix -i scans/ -o adc/",
+    "modes": "adseg gan modes --losses wgan-gp nonsaturating --seeds 0 1 -o modes/",
+}
+
+
+def add_gan_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``gan`` and its sub-commands to the ``adseg`` parser's sub-commands ``sub``."""
+    gan = sub.add_parser(
+        "gan",
+        help="GAN modules: slice synthesis (DCGAN, WGAN-GP, ...) and translation (pix2pix).",
+        description="Train, evaluate and use GANs for image synthesis and translation.",
+    )
+    tasks = gan.add_subparsers(dest="gan_command", required=True, metavar="GAN_COMMAND")
+
+    def command(name: str, help_: str, func, config: bool = True) -> argparse.ArgumentParser:
+        p = tasks.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"Example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=func, command=f"gan {name}")
+        if config:
+            p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
+            p.add_argument("--set", metavar="JSON", help="config settings as JSON")
+        return p
+
+    p = command("train", "Train one GAN model (a recipe of gan.<task>.models) on one fold.", _train)
+    p.add_argument("--task", required=True, choices=["synthesis", "translation"])
+    p.add_argument("--model", required=True, help="a recipe name in gan.<task>.models")
+    p.add_argument("--fold", type=int, required=True, help="fold number in splits.json")
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
+    p.add_argument("--splits", type=Path, required=True, help="splits.json")
+    p.add_argument("-o", "--out", type=Path, required=True, help="model folder of this fold")
+    p.add_argument("--threads", type=int, help="CPU threads (overrides gan.threads)")
+    p.add_argument(
+        "--resume",
+        choices=["no", "yes", "auto"],
+        default="no",
+        help="continue from OUT/checkpoint_last.pt (auto: when it matches; default: no)",
+    )
+
+    p = command(
+        "evaluate", "Translation fold against its held-out patients (per-case TSV).", _evaluate
+    )
+    p.add_argument("model", type=Path, help="translation fold folder")
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="metrics TSV to write")
+
+    p = command("summary", "Tabulate the GAN models: synthesis and translation.", _summary)
+    p.add_argument("--synthesis", type=Path, nargs="*", default=[], help="synthesis model.json")
+    p.add_argument("--translation", type=Path, nargs="*", default=[], help="translation TSVs")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the GAN folder (<exp>/gan)")
+
+    p = command("sample", "Draw slices from a synthesis model (NIfTI and PNG).", _sample, False)
+    p.add_argument("-m", "--model", type=Path, required=True, help="synthesis model folder")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--class", dest="label", help="the class to draw (conditional models)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--fold", type=int, help="which fold's generator (default: the first)")
+    p.add_argument("--format", choices=["nifti", "png", "both"], default="both")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = command(
+        "translate",
+        "Synthesise a channel of new scans with a translation model (all folds averaged).",
+        _translate,
+        False,
+    )
+    p.add_argument("-m", "--model", type=Path, required=True, help="translation model folder")
+    p.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a folder of <case>_<channel:04d>.nii.gz files (the model's source channel is "
+        "read), or source-channel files",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--folds", type=int, nargs="+", help="folds to average (default: all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+
+    p = command(
+        "modes",
+        "Mode coverage of GAN losses on the ring of 8 Gaussians (gan.modes), with a table.",
+        _modes,
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--losses", nargs="+", help="losses to train (default: gan.modes.losses)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: gan.modes.seeds)")
+    p.add_argument("--steps", type=int, help="generator steps (default: gan.modes.steps)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: gan.modes.threads)")
+    summary = p.add_mutually_exclusive_group()
+    summary.add_argument(
+        "--no-summary",
+        action="store_true",
+        help="train only; leave the table to a later 'adseg gan modes --summary-only'",
+    )
+    summary.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="only gather the losses already in OUT (or --losses) into modes.md",
+    )
+
+
+def _train(args) -> None:
+    from adseg import tracking
+    from adseg.cli import _load, _terminated
+    from adseg.gan.synthesis import train_synthesis
+    from adseg.gan.translation import train_translation
+
+    config = _load(args.config, settings=args.set)
+    tracker = tracking.FoldRun(config) if tracking.enabled(config) else None
+    signal.signal(signal.SIGTERM, _terminated)
+    train = train_synthesis if args.task == "synthesis" else train_translation
+    spec = train(
+        config,
+        args.model,
+        args.fold,
+        args.preprocessed,
+        args.splits,
+        args.out,
+        args.resume,
+        not args.no_progress,
+        tracker,
+        args.threads,
+    )
+    logger.info(
+        "%s fold %d: %d epochs; model in %s",
+        spec["name"],
+        args.fold,
+        spec["epochs_trained"],
+        args.out,
+    )
+
+
+def _evaluate(args) -> None:
+    from adseg import tracking
+    from adseg.cli import _load
+    from adseg.gan.inference import evaluate_translation
+    from adseg.gan.translation import METRIC_COLUMNS
+    from adseg.io import write_tsv
+
+    config = _load(args.config, settings=args.set)
+    rows = evaluate_translation(
+        args.model, args.preprocessed, config["gan"]["device"], not args.no_progress
+    )
+    write_tsv(args.out, rows, METRIC_COLUMNS)
+    logger.info("wrote metrics of %d held-out cases to %s", len(rows), args.out)
+    if tracking.enabled(config):
+        means = {
+            f"test/{m}": sum(float(r[m]) for r in rows) / len(rows) for m in ("mae", "psnr", "ssim")
+        }
+        tracking.log_fold_results(args.model, means, [args.out, args.model / "examples.png"])
+
+
+def _summary(args) -> None:
+    from adseg import tracking
+    from adseg.cli import _load
+    from adseg.gan.summary import parent_metrics, summarize_gan
+
+    config = _load(args.config, settings=args.set)
+    title = f"{config['experiment']}: GAN synthesis and translation"
+    path = summarize_gan(args.synthesis, args.translation, args.out, title)
+    print(path.read_text())
+    logger.info("GAN summary: %s", path)
+    if tracking.enabled(config):
+        tracking.log_summary(
+            args.out,
+            [*args.synthesis, *args.translation],
+            config,
+            lambda model: parent_metrics(args.out, model),
+            ("summary.md", "summary.tsv", "tests.tsv", "synthesis.tsv"),
+        )
+
+
+def _sample(args) -> None:
+    from adseg.gan.inference import write_samples
+
+    formats = ("nifti", "png") if args.format == "both" else (args.format,)
+    if args.n < 1:
+        raise ValueError(f"-n {args.n}: draw at least one sample")
+    written = write_samples(
+        args.model, args.n, args.out, args.seed, args.label, args.fold, args.device, formats
+    )
+    logger.info("wrote %d files to %s", len(written), args.out)
+
+
+def _translate(args) -> None:
+    from adseg.gan.inference import translate_scans
+
+    summary = translate_scans(
+        args.input,
+        args.out,
+        args.model,
+        args.folds,
+        args.device,
+        args.overwrite,
+        not args.no_progress,
+    )
+    logger.info("translations in %s; per-case summary: %s", args.out, summary)
+
+
+def _modes(args) -> None:
+    from adseg import tracking
+    from adseg.cli import _load
+    from adseg.gan.modes import run_modes_job, summarize_modes
+
+    flags = ("losses", "seeds", "steps", "threads")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    # the flags are checked by the schema as the config's own values are
+    config = _load(args.config, {"gan": {"modes": given}}, args.set)
+    losses = config["gan"]["modes"]["losses"]
+    if not args.summary_only:
+        track = tracking.enabled(config)
+        for loss in losses:
+            run_modes_job(config, loss, args.out, not args.no_progress, track)
+    if not args.no_summary:
+        path = summarize_modes(args.out, args.losses)
+        print(path.read_text())
+        logger.info("mode coverage table: %s", path)

@@ -1,0 +1,142 @@
+"""Per-case evaluation of a trained fold on its held-out patients, in the original label space.
+
+Each held-out case is predicted on its preprocessed grid, the class probabilities are resampled
+onto the grid of the case's *original* label file and the argmax is compared with that file,
+so the metrics (and distances in mm) are those of the scan as acquired, not of the resampled
+copy. Metric definitions and empty-mask conventions: :mod:`adseg.evaluation.metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from adseg.data.cohort import Case, discover_cohort, read_channel, read_label
+from adseg.evaluation.metrics import METRICS, case_metrics
+from adseg.geometry import Grid
+from adseg.inference.modelfolder import read_fold
+from adseg.inference.sliding import make_inferer, predict_probabilities, to_grid
+from adseg.io import read_json
+from adseg.log import logger, progress
+from adseg.training.loader import case_items, validation_dataset
+
+ID_COLUMNS = ("scheme", "fold", "case_id", "patient_id", "domain", "label")
+
+
+def raw_cases(preprocessed: Path) -> dict[str, Case]:
+    """Case id → original case (channel and label files), from the cohort the preprocessed
+    folder was made from."""
+    dataset = read_json(preprocessed / "dataset.json")
+    source = Path(dataset["source"])
+    if not (source / "dataset.json").is_file():
+        raise FileNotFoundError(
+            f"{source}: the original cohort of {preprocessed} is gone; evaluation compares "
+            "with its label files"
+        )
+    cohort, _ = discover_cohort(source)
+    return {c.case_id: c for c in cohort.cases if c.label is not None}
+
+
+def evaluate_fold(
+    fold_dir: str | Path,
+    preprocessed: str | Path,
+    checkpoint: str = "final",
+    tta: bool = False,
+    min_overlap: float = 0.1,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+    overlays: str | Path | None = None,
+) -> list[dict]:
+    """Metrics of every held-out case of one trained fold, one row per (case, foreground label).
+
+    Args:
+        fold_dir: a model fold folder (``<scheme>/fold_<k>``).
+        preprocessed: the preprocessed folder the model was trained on.
+        checkpoint: ``final`` (unbiased) or ``best`` (chosen on these same cases).
+        overlays: a folder for PNGs of the best, median and worst case by Dice (scan slice
+            with expert and predicted contours), or None.
+    """
+    preprocessed = Path(preprocessed)
+    model = read_fold(fold_dir)
+    spec = model.spec
+    dataset = read_json(preprocessed / "dataset.json")
+    originals = raw_cases(preprocessed)
+    net = model.segmentor(checkpoint, device)
+    dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
+    inferer = make_inferer(dims, spec["patch_size"], axis)
+    # older model folders have no test_cases: they were tested on their validation cases
+    cases = validation_dataset(case_items(preprocessed, spec.get("test_cases", spec["val_cases"])))
+    name = spec.get("name", spec["scheme"])
+    names = {v: k for k, v in spec["labels"].items()}
+    rows = []
+    masks = {}
+    for item in progress(cases, f"evaluate {name} fold {spec['fold']}", enabled=show_progress):
+        t0 = time.perf_counter()
+        case_id = item["case_id"]
+        props = read_json(preprocessed / "properties" / f"{case_id}.json")
+        probs = predict_probabilities([net], item["image"], inferer, dims, axis, tta)
+        truth_img = read_label(originals[case_id].label)
+        pred, _ = to_grid(probs, Grid.from_dict(props["final_grid"]), Grid.of(truth_img))
+        truth = sitk.GetArrayFromImage(truth_img)
+        if overlays is not None:
+            masks[case_id] = pred.astype("uint8")
+        spacing_zyx = truth_img.GetSpacing()[::-1]
+        meta = dataset["cases"][case_id]
+        for value in sorted(names):
+            if value == 0:
+                continue
+            metrics = case_metrics(truth == value, pred == value, spacing_zyx, min_overlap)
+            rows.append(
+                {
+                    "scheme": name,
+                    "fold": spec["fold"],
+                    "case_id": case_id,
+                    "patient_id": meta["patient_id"],
+                    "domain": meta["domain"],
+                    "label": names[value],
+                    **metrics,
+                }
+            )
+        logger.debug("%s evaluated in %.1f s", case_id, time.perf_counter() - t0)
+    if overlays is not None and rows:
+        try:
+            write_overlays(rows, masks, originals, Path(overlays), spec)
+        except Exception as err:  # noqa: BLE001 - a figure must not cost the metrics
+            logger.warning("overlays not drawn: %s", err)
+    return rows
+
+
+def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Path]:
+    """``best.png``, ``median.png`` and ``worst.png``: the held-out cases ranked by the first
+    foreground label's Dice, among those with an expert lesion (all, if none has one).
+
+    Fixed names: a new evaluation replaces the figures of the last one.
+    """
+    from adseg.plots import overlay
+
+    first = next(r["label"] for r in rows)
+    ranked = [r for r in rows if r["label"] == first]
+    with_lesion = [r for r in ranked if r["volume_true_ml"] > 0]
+    ranked = sorted(with_lesion or ranked, key=lambda r: -r["dice"])
+    picks = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]}
+    written = []
+    for rank, row in picks.items():
+        pred = masks[row["case_id"]]
+        truth = sitk.GetArrayFromImage(read_label(originals[row["case_id"]].label))
+        image = sitk.GetArrayFromImage(read_channel(originals[row["case_id"]].channels[0]))
+        if image.shape != truth.shape:
+            continue  # validation refuses such cases; nothing to draw on
+        path = folder / f"{rank}.png"
+        title = (
+            f"{spec.get('name', spec['scheme'])} fold {spec['fold']}, {rank}: {row['case_id']} "
+            f"({first} Dice {row['dice']:.2f})"
+        )
+        overlay(image, truth, pred, path, title)
+        written.append(path)
+    return written
+
+
+METRIC_COLUMNS = ID_COLUMNS + METRICS
