@@ -8,6 +8,7 @@ The schema lives in ``workflow/schemas/config.schema.yaml`` (shipped with the pa
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from functools import cache
@@ -18,10 +19,20 @@ from typing import Any
 import jsonschema
 import yaml
 
+from adseg.errors import AdsegError
+
 SCHEMA_RESOURCE = "config.schema.yaml"
+ENV_CONFIG = "ADSEG_WORKFLOW_CONFIG"
+"""Environment variable holding the workflow's whole resolved config as JSON (set by the
+Snakefile): jobs get only the config sections they use, but track under the whole config
+and take its result-neutral settings."""
+RESULT_NEUTRAL = "x-result-neutral"
+"""Schema mark of a setting that changes how a job runs or how often it reports, not what it
+trains: threads, workers, device, mixed precision, validation and figure frequency. One list
+for the workflow's rerun logic, MLflow's run identity and every resume fingerprint."""
 
 
-class ConfigError(ValueError):
+class ConfigError(AdsegError, ValueError):
     """A configuration that does not fit the schema; the message lists every problem."""
 
 
@@ -137,6 +148,52 @@ def _semantic_problems(config: dict, base_dir: Path) -> list[str]:
     return problems
 
 
+@cache
+def result_neutral() -> tuple[tuple[str, ...], ...]:
+    """The config paths marked result-neutral in the schema, e.g. ``("train", "threads")``."""
+    found: list[tuple[str, ...]] = []
+
+    def walk(node: dict, path: tuple[str, ...]) -> None:
+        for name, sub in node.get("properties", {}).items():
+            if sub.get(RESULT_NEUTRAL):
+                found.append((*path, name))
+            walk(sub, (*path, name))
+
+    walk(schema(), ())
+    return tuple(found)
+
+
+def without_result_neutral(config: dict, *path: str) -> dict:
+    """A copy of the section at ``path`` of ``config`` (the whole config without a path)
+    less its result-neutral settings, at any depth."""
+    out = config
+    for key in path:
+        out = out[key]
+    out = copy.deepcopy(out)
+    for full in result_neutral():
+        if full[: len(path)] != path:
+            continue
+        node = out
+        for key in full[len(path) : -1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(full[-1], None)
+    return out
+
+
+def result_neutral_of(config: dict) -> dict:
+    """Only the result-neutral settings of ``config``, as a nested dict."""
+    out: dict = {}
+    for full in result_neutral():
+        node, target = config, out
+        for key in full[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+            target = target.setdefault(key, {})
+        if isinstance(node, dict) and full[-1] in node:
+            target[full[-1]] = copy.deepcopy(node[full[-1]])
+    return out
+
+
 def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> dict:
     """Read a YAML config (or none), merge ``overrides`` into it and resolve it.
 
@@ -155,6 +212,11 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     merged = deep_merge(raw, overrides or {})
+    workflow = os.environ.get(ENV_CONFIG)
+    if workflow:
+        # a workflow job: its --set holds what it trains; how it runs comes from the config
+        # the workflow was started with (not a rule param, so changing it reruns nothing)
+        merged = deep_merge(result_neutral_of(json.loads(workflow)), merged)
     try:
         return resolve_config(merged)
     except ConfigError as err:

@@ -15,9 +15,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import SimpleITK as sitk
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -116,6 +117,9 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write a SimpleITK image atomically (NIfTI when ``path`` ends in .nii or .nii.gz)."""
+    # imported here: the workflow's parse step reads JSON through this module
+    import SimpleITK as sitk
+
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
 

@@ -112,12 +112,12 @@ def trainer_for(exp: dict, scheme: str, device: torch.device, **train):
     from adseg.config import deep_merge
     from adseg.io import read_json
     from adseg.training.job import check_job
-    from adseg.training.segmentation import Trainer
+    from adseg.training.segmentor import SegmentorTrainer
 
     config = deep_merge(copy.deepcopy(exp["config"]), {"train": train}) if train else exp["config"]
     out = exp["folder"] / f"{scheme}_bench"
     job = check_job(config, scheme, 0, exp["preprocessed"], read_json(exp["splits"]), out)
-    return job, Trainer(job, device)
+    return job, SegmentorTrainer(job, device)
 
 
 def first_batch(job, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -459,7 +459,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     OPTIONS["workers"] = args.workers
-    from adseg.training.segmentation import pick_device
+    from adseg.training.engine import pick_device
 
     device = pick_device(args.device)
     if args.threads:

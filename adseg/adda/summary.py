@@ -4,7 +4,8 @@ domain classifier's AUC before and after adaptation.
 
 From the per-case metric files of ``adseg evaluate`` (every held-out case of a fold, both
 domains) and the ``domain_auc.json`` of each adapted fold. Patients are summarised as in
-:mod:`adseg.evaluation.summary` (visits averaged, mean ± std over patients pooled over the folds).
+:mod:`adseg.evaluation.summary`, with :mod:`adseg.evaluation.statistics` (visits averaged,
+mean ± std over patients pooled over the folds).
 
 Written as ``summary.md``, ``summary.tsv`` (``domain`` column added), ``tests.tsv``,
 ``domain_auc.tsv`` and ``plots/<domain>_<label>_<metric>.png``.
@@ -12,12 +13,18 @@ Written as ``summary.md``, ``summary.tsv`` (``domain`` column added), ``tests.ts
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 from pathlib import Path
 
-from adseg.evaluation.summary import DERIVED, KOHL_METRICS, _cell, _stats, paired_test, per_patient
+from adseg.evaluation.statistics import (
+    DERIVED,
+    KOHL_METRICS,
+    cell,
+    describe,
+    label_tables,
+    per_patient,
+    tests_table,
+)
 from adseg.io import write_text, write_tsv
 from adseg.plots import box_plot
 from adseg.preprocessing.qc import read_tsv
@@ -74,25 +81,9 @@ def summarize_adda(
     for domain in domains:
         patients = per_patient([r for r in rows if r["domain"] == domain])
         for label in labels:
-            values = {
-                (s, m): {k[2]: float(v[m]) for k, v in patients.items() if k[:2] == (label, s)}
-                for s in models
-                for m in DERIVED
-            }
-            fold_of = {k[2]: v["fold"] for k, v in patients.items() if k[0] == label}
-            for (s, m), by_patient in values.items():
-                key = {"domain": domain, "label": label, "scheme": s, "metric": m}
-                stats.append(key | {"fold": "all"} | _stats(list(by_patient.values())))
-                for f in folds:
-                    in_fold = [v for p, v in by_patient.items() if fold_of[p] == f]
-                    stats.append(key | {"fold": f} | _stats(in_fold))
-            for m in DERIVED:
-                for a, b in itertools.combinations(models, 2):
-                    tests.append(
-                        {"domain": domain, "label": label, "metric": m, "scheme_a": a}
-                        | {"scheme_b": b}
-                        | paired_test(values[(a, m)], values[(b, m)])
-                    )
+            values, label_stats, label_tests = label_tables(patients, label, models, DERIVED, folds)
+            stats += [{"domain": domain} | s for s in label_stats]
+            tests += [{"domain": domain} | t for t in label_tests]
             for m in KOHL_METRICS:
                 box_plot(
                     {s: list(values[(s, m)].values()) for s in models},
@@ -112,7 +103,7 @@ def summarize_adda(
 
 def auc_stats(aucs: list[dict], model: str) -> dict:
     """Mean ± std of a model's domain AUC over the folds."""
-    return _stats([r["domain_auc"] for r in aucs if r["scheme"] == model])
+    return describe([r["domain_auc"] for r in aucs if r["scheme"] == model])
 
 
 def _markdown(stats, tests, aucs, labels, models, domains, folds, source, target, title) -> str:
@@ -125,9 +116,9 @@ def _markdown(stats, tests, aucs, labels, models, domains, folds, source, target
         "Mean ± std over patients pooled over the folds; n = patients with a defined value."
     )
 
-    def cell(domain, label, model, metric):
+    def pooled(domain, label, model, metric):
         s = get.get((domain, label, model, metric, "all"))
-        return "–" if s is None else f"{_cell(s)} (n={s['n']})"
+        return "–" if s is None else f"{cell(s)} (n={s['n']})"
 
     for label in labels:
         head = f"| model | trained on | {label} DSC | sensitivity | specificity | domain AUC |"
@@ -141,8 +132,8 @@ def _markdown(stats, tests, aucs, labels, models, domains, folds, source, target
         for m in models:
             name, data = MODEL_NAMES[m]
             a = auc_stats(aucs, m)
-            auc = "–" if not a["n"] else _cell(a)
-            metrics = " | ".join(cell(target, label, m, k) for k in KOHL_METRICS)
+            auc = "–" if not a["n"] else cell(a)
+            metrics = " | ".join(pooled(target, label, m, k) for k in KOHL_METRICS)
             lines.append(
                 f"| {name} | {data.format(source=source, target=target)} | {metrics} | {auc} |"
             )
@@ -160,7 +151,7 @@ def _markdown(stats, tests, aucs, labels, models, domains, folds, source, target
         ]
         for m in models:
             for d in domains:
-                cells = [cell(d, label, m, k) for k in (*KOHL_METRICS, "dice_with_lesion")]
+                cells = [pooled(d, label, m, k) for k in (*KOHL_METRICS, "dice_with_lesion")]
                 lines.append(f"| {m} | {d} | " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -180,17 +171,14 @@ def _markdown(stats, tests, aucs, labels, models, domains, folds, source, target
             "",
             f"Paired Wilcoxon signed-rank tests on the {target} patients (two-sided):",
             "",
-            "| metric | A | B | n pairs | median A − B | p |",
-            "|---|---|---|---|---|---|",
         ]
-        for t in tests:
-            if t["domain"] != target or t["label"] != label or t["metric"] not in KOHL_METRICS:
-                continue
-            p = "–" if math.isnan(t["p"]) else f"{t['p']:.3g}"
-            diff = "–" if math.isnan(t["median_diff"]) else f"{t['median_diff']:+.3f}"
-            lines.append(
-                f"| {t['metric']} | {t['scheme_a']} | {t['scheme_b']} | {t['n']} | {diff} | {p} |"
-            )
+        lines += tests_table(
+            [
+                t
+                for t in tests
+                if t["domain"] == target and t["label"] == label and t["metric"] in KOHL_METRICS
+            ]
+        )
     lines += [
         "",
         "Box plots: plots/<domain>_<label>_<metric>.png. All statistics: summary.tsv, "

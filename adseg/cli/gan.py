@@ -1,16 +1,21 @@
 """``adseg gan ...``: the GAN tasks' commands (train, evaluate, summary, sample, translate,
 modes).
 
-Registered on the main parser by :func:`add_gan_commands`; errors end as the other
-commands' do (a message naming the file, exit status 1).
+Registered on the main parser through :data:`COMMANDS`; errors end as the other commands'
+do (a message naming the file, exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 
+from adseg.cli.common import (
+    add_command,
+    add_resume_option,
+    exit_on_sigterm,
+    load_config_for_command,
+)
 from adseg.log import logger
 
 EXAMPLES = {
@@ -28,7 +33,7 @@ EXAMPLES = {
 }
 
 
-def add_gan_commands(sub: argparse._SubParsersAction) -> None:
+def _add_gan(sub: argparse._SubParsersAction) -> None:
     """Add ``gan`` and its sub-commands to the ``adseg`` parser's sub-commands ``sub``."""
     gan = sub.add_parser(
         "gan",
@@ -36,24 +41,23 @@ def add_gan_commands(sub: argparse._SubParsersAction) -> None:
         description="Train, evaluate and use GANs for image synthesis and translation.",
     )
     tasks = gan.add_subparsers(dest="gan_command", required=True, metavar="GAN_COMMAND")
+    for add in (_add_train, _add_evaluate, _add_summary, _add_sample, _add_translate, _add_modes):
+        add(tasks)
 
-    def command(name: str, help_: str, func, config: bool = True) -> argparse.ArgumentParser:
-        p = tasks.add_parser(
-            name,
-            help=help_,
-            description=help_,
-            epilog=f"Example:\n  {EXAMPLES[name]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.set_defaults(func=func, command=f"gan {name}")
-        if config:
-            p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
-            p.add_argument("--set", metavar="JSON", help="config settings as JSON")
-        return p
 
-    p = command("train", "Train one GAN model (a recipe of gan.<task>.models) on one fold.", _train)
+def _command(
+    tasks: argparse._SubParsersAction, name: str, help_: str, func, config: bool = True
+) -> argparse.ArgumentParser:
+    """``adseg gan NAME``, with the options every command has; errors name it ``gan NAME``."""
+    p = add_command(tasks, name, help_, func, EXAMPLES[name], config, "config settings as JSON")
+    p.set_defaults(command=f"gan {name}")
+    return p
+
+
+def _add_train(tasks: argparse._SubParsersAction) -> None:
+    p = _command(
+        tasks, "train", "Train one GAN model (a recipe of gan.<task>.models) on one fold.", _train
+    )
     p.add_argument("--task", required=True, choices=["synthesis", "translation"])
     p.add_argument("--model", required=True, help="a recipe name in gan.<task>.models")
     p.add_argument("--fold", type=int, required=True, help="fold number in splits.json")
@@ -61,88 +65,17 @@ def add_gan_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", type=Path, required=True, help="splits.json")
     p.add_argument("-o", "--out", type=Path, required=True, help="model folder of this fold")
     p.add_argument("--threads", type=int, help="CPU threads (overrides gan.threads)")
-    p.add_argument(
-        "--resume",
-        choices=["no", "yes", "auto"],
-        default="no",
-        help="continue from OUT/checkpoint_last.pt (auto: when it matches; default: no)",
-    )
-
-    p = command(
-        "evaluate", "Translation fold against its held-out patients (per-case TSV).", _evaluate
-    )
-    p.add_argument("model", type=Path, help="translation fold folder")
-    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
-    p.add_argument("-o", "--out", type=Path, required=True, help="metrics TSV to write")
-
-    p = command("summary", "Tabulate the GAN models: synthesis and translation.", _summary)
-    p.add_argument("--synthesis", type=Path, nargs="*", default=[], help="synthesis model.json")
-    p.add_argument("--translation", type=Path, nargs="*", default=[], help="translation TSVs")
-    p.add_argument("-o", "--out", type=Path, required=True, help="the GAN folder (<exp>/gan)")
-
-    p = command("sample", "Draw slices from a synthesis model (NIfTI and PNG).", _sample, False)
-    p.add_argument("-m", "--model", type=Path, required=True, help="synthesis model folder")
-    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    p.add_argument("--class", dest="label", help="the class to draw (conditional models)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--fold", type=int, help="which fold's generator (default: the first)")
-    p.add_argument("--format", choices=["nifti", "png", "both"], default="both")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-
-    p = command(
-        "translate",
-        "Synthesise a channel of new scans with a translation model (all folds averaged).",
-        _translate,
-        False,
-    )
-    p.add_argument("-m", "--model", type=Path, required=True, help="translation model folder")
-    p.add_argument(
-        "-i",
-        "--input",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="a folder of <case>_<channel:04d>.nii.gz files (the model's source channel is "
-        "read), or source-channel files",
-    )
-    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    p.add_argument("--folds", type=int, nargs="+", help="folds to average (default: all)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
-
-    p = command(
-        "modes",
-        "Mode coverage of GAN losses on the ring of 8 Gaussians (gan.modes), with a table.",
-        _modes,
-    )
-    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    p.add_argument("--losses", nargs="+", help="losses to train (default: gan.modes.losses)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: gan.modes.seeds)")
-    p.add_argument("--steps", type=int, help="generator steps (default: gan.modes.steps)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: gan.modes.threads)")
-    summary = p.add_mutually_exclusive_group()
-    summary.add_argument(
-        "--no-summary",
-        action="store_true",
-        help="train only; leave the table to a later 'adseg gan modes --summary-only'",
-    )
-    summary.add_argument(
-        "--summary-only",
-        action="store_true",
-        help="only gather the losses already in OUT (or --losses) into modes.md",
-    )
+    add_resume_option(p)
 
 
 def _train(args) -> None:
     from adseg import tracking
-    from adseg.cli import _load, _terminated
     from adseg.gan.synthesis import train_synthesis
     from adseg.gan.translation import train_translation
 
-    config = _load(args.config, settings=args.set)
+    config = load_config_for_command(args.config, settings=args.set)
     tracker = tracking.FoldRun(config) if tracking.enabled(config) else None
-    signal.signal(signal.SIGTERM, _terminated)
+    exit_on_sigterm()
     train = train_synthesis if args.task == "synthesis" else train_translation
     spec = train(
         config,
@@ -165,14 +98,25 @@ def _train(args) -> None:
     )
 
 
+def _add_evaluate(tasks: argparse._SubParsersAction) -> None:
+    p = _command(
+        tasks,
+        "evaluate",
+        "Translation fold against its held-out patients (per-case TSV).",
+        _evaluate,
+    )
+    p.add_argument("model", type=Path, help="translation fold folder")
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="metrics TSV to write")
+
+
 def _evaluate(args) -> None:
     from adseg import tracking
-    from adseg.cli import _load
     from adseg.gan.inference import evaluate_translation
     from adseg.gan.translation import METRIC_COLUMNS
     from adseg.io import write_tsv
 
-    config = _load(args.config, settings=args.set)
+    config = load_config_for_command(args.config, settings=args.set)
     rows = evaluate_translation(
         args.model, args.preprocessed, config["gan"]["device"], not args.no_progress
     )
@@ -185,12 +129,18 @@ def _evaluate(args) -> None:
         tracking.log_fold_results(args.model, means, [args.out, args.model / "examples.png"])
 
 
+def _add_summary(tasks: argparse._SubParsersAction) -> None:
+    p = _command(tasks, "summary", "Tabulate the GAN models: synthesis and translation.", _summary)
+    p.add_argument("--synthesis", type=Path, nargs="*", default=[], help="synthesis model.json")
+    p.add_argument("--translation", type=Path, nargs="*", default=[], help="translation TSVs")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the GAN folder (<exp>/gan)")
+
+
 def _summary(args) -> None:
     from adseg import tracking
-    from adseg.cli import _load
     from adseg.gan.summary import parent_metrics, summarize_gan
 
-    config = _load(args.config, settings=args.set)
+    config = load_config_for_command(args.config, settings=args.set)
     title = f"{config['experiment']}: GAN synthesis and translation"
     path = summarize_gan(args.synthesis, args.translation, args.out, title)
     print(path.read_text())
@@ -205,6 +155,20 @@ def _summary(args) -> None:
         )
 
 
+def _add_sample(tasks: argparse._SubParsersAction) -> None:
+    p = _command(
+        tasks, "sample", "Draw slices from a synthesis model (NIfTI and PNG).", _sample, False
+    )
+    p.add_argument("-m", "--model", type=Path, required=True, help="synthesis model folder")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--class", dest="label", help="the class to draw (conditional models)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--fold", type=int, help="which fold's generator (default: the first)")
+    p.add_argument("--format", choices=["nifti", "png", "both"], default="both")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
 def _sample(args) -> None:
     from adseg.gan.inference import write_samples
 
@@ -215,6 +179,30 @@ def _sample(args) -> None:
         args.model, args.n, args.out, args.seed, args.label, args.fold, args.device, formats
     )
     logger.info("wrote %d files to %s", len(written), args.out)
+
+
+def _add_translate(tasks: argparse._SubParsersAction) -> None:
+    p = _command(
+        tasks,
+        "translate",
+        "Synthesise a channel of new scans with a translation model (all folds averaged).",
+        _translate,
+        False,
+    )
+    p.add_argument("-m", "--model", type=Path, required=True, help="translation model folder")
+    p.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a folder of <case>_<channel:04d>.nii.gz files (the model's source channel is "
+        "read), or source-channel files",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--folds", type=int, nargs="+", help="folds to average (default: all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
 
 
 def _translate(args) -> None:
@@ -232,15 +220,39 @@ def _translate(args) -> None:
     logger.info("translations in %s; per-case summary: %s", args.out, summary)
 
 
+def _add_modes(tasks: argparse._SubParsersAction) -> None:
+    p = _command(
+        tasks,
+        "modes",
+        "Mode coverage of GAN losses on the ring of 8 Gaussians (gan.modes), with a table.",
+        _modes,
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--losses", nargs="+", help="losses to train (default: gan.modes.losses)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: gan.modes.seeds)")
+    p.add_argument("--steps", type=int, help="generator steps (default: gan.modes.steps)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: gan.modes.threads)")
+    summary = p.add_mutually_exclusive_group()
+    summary.add_argument(
+        "--no-summary",
+        action="store_true",
+        help="train only; leave the table to a later 'adseg gan modes --summary-only'",
+    )
+    summary.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="only gather the losses already in OUT (or --losses) into modes.md",
+    )
+
+
 def _modes(args) -> None:
     from adseg import tracking
-    from adseg.cli import _load
     from adseg.gan.modes import run_modes_job, summarize_modes
 
     flags = ("losses", "seeds", "steps", "threads")
     given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     # the flags are checked by the schema as the config's own values are
-    config = _load(args.config, {"gan": {"modes": given}}, args.set)
+    config = load_config_for_command(args.config, {"gan": {"modes": given}}, args.set)
     losses = config["gan"]["modes"]["losses"]
     if not args.summary_only:
         track = tracking.enabled(config)
@@ -250,3 +262,6 @@ def _modes(args) -> None:
         path = summarize_modes(args.out, args.losses)
         print(path.read_text())
         logger.info("mode coverage table: %s", path)
+
+
+COMMANDS = {"gan": _add_gan}

@@ -1,0 +1,1 @@
+"""Cohorts on disk: layouts, discovery, validation, the synthetic cohort and its phantom, folds."""

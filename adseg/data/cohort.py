@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from adseg.data.layouts import ChannelSource, Found, Problem, Problems, find_msd, find_nnunet
+from adseg.errors import AdsegError
 from adseg.io import read_json
 
 LAYOUTS = ("auto", "nnunet", "msd")
@@ -62,7 +63,7 @@ class Cohort:
     cases: list[Case]
 
 
-class CohortError(Exception):
+class CohortError(AdsegError):
     """A cohort has errors; ``problems`` holds them and ``str()`` lists every one."""
 
     def __init__(self, problems: list[Problem]) -> None:

@@ -1,0 +1,1 @@
+"""Per-patient metrics, per-fold evaluation, and the statistics and tables of every study."""

@@ -23,19 +23,19 @@ from adseg.data.layouts import ChannelSource
 from adseg.gan.data import load_volumes, scaled, unscale
 from adseg.gan.job import FORMAT, FORMAT_VERSION
 from adseg.geometry import Grid
-from adseg.inference.modelfolder import ModelError, read_model
-from adseg.inference.predict import (
+from adseg.inference.inputs import (
     CHANNEL_FILE,
+    InputCase,
     PredictError,
-    _nifti_name,
-    _read_summary,
-    _volumes,
-    _write_summary,
     channel_files,
     check_voxels,
-    check_writable,
-    write_like,
+    count_volumes,
+    nifti_stem,
+    read_summary,
+    write_summary,
 )
+from adseg.inference.modelfolder import ModelError, read_model
+from adseg.inference.predict import check_writable, write_like
 from adseg.io import read_json, write_image
 from adseg.log import logger, progress
 from adseg.preprocessing.case import Plan, preprocess_images, resample_to
@@ -119,7 +119,7 @@ def sample_slices(
         raise ValueError(f"{model.folder}: an unconditional model; it takes no class")
     if label is not None and label not in classes:
         raise ValueError(f"class {label!r} unknown to {model.folder}; it knows {classes}")
-    from adseg.gan.synthesis import generate
+    from adseg.gan.sampling import generate
 
     rng = torch.Generator().manual_seed(seed)
     z = torch.randn(n, spec["latent_dim"], generator=rng)
@@ -143,7 +143,7 @@ def write_samples(
     preprocessed intensity units, on the preprocessed voxel grid) and a PNG grid of the first
     :data:`PNG_MAX`. Sample files of an earlier, larger draw into ``out`` are removed."""
     from adseg.gan.plots import image_grid
-    from adseg.training.segmentation import pick_device
+    from adseg.training.engine import pick_device
 
     models = read_gan_model(model_dir, "synthesis", None if fold is None else [fold])
     model = models[0]
@@ -191,7 +191,7 @@ def evaluate_translation(
     the real target channel, on the [-1, 1] scale of the training intensity range, the real
     unclipped (MONAI metrics); also draws ``examples.png`` in the fold folder."""
     from adseg.gan.translation import examples, held_out_pair, image_metrics, translate
-    from adseg.training.segmentation import pick_device
+    from adseg.training.engine import pick_device
 
     model = read_gan_model(fold_dir, "translation")[0]
     spec, preprocessed = model.spec, Path(preprocessed)
@@ -229,9 +229,9 @@ def _source_files(inputs: list[Path], index: int) -> list[tuple[str, ChannelSour
         return [_source_of(case, files, index) for case, files in groups.items()]
     out = []
     for path in inputs:
-        stem = _nifti_name(path)
+        stem = nifti_stem(path)
         match = CHANNEL_FILE.match(stem)
-        volumes = _volumes(path)
+        volumes = count_volumes(path)
         if volumes > 1 and volumes <= index:
             raise PredictError(f"{path}: {volumes} volumes; the source channel is volume {index}")
         case = match["case"] if match else stem
@@ -240,9 +240,9 @@ def _source_files(inputs: list[Path], index: int) -> list[tuple[str, ChannelSour
 
 
 def _source_of(case: str, files: dict[int, Path], index: int) -> tuple[str, ChannelSource]:
-    if index in files and _volumes(files[index]) == 1:
+    if index in files and count_volumes(files[index]) == 1:
         return case, ChannelSource(files[index], None)
-    if 0 in files and _volumes(files[0]) > index:
+    if 0 in files and count_volumes(files[0]) > index:
         return case, ChannelSource(files[0], index)
     raise PredictError(
         f"case {case!r}: no file {case}_{index:04d}.nii.gz (the source channel) and no 4-D "
@@ -269,6 +269,38 @@ def translate_case(models, gens, source: ChannelSource, device) -> tuple[sitk.Im
     return image, resample_to(mean, Grid.of(image), default=0.0)
 
 
+def _checked_sources(
+    models: list[GanModel], inputs: list[Path], out: Path
+) -> list[tuple[str, ChannelSource]]:
+    """The source channel of each input case, once the folds, the inputs and the output
+    folder are checked.
+
+    Raises:
+        PredictError: folds that differ, a case given twice, bad voxels, an output folder that
+            is an input folder or not writable.
+    """
+    first = models[0].spec
+    for m in models[1:]:
+        for key in ("source", "target", "plan", "slice_axis"):
+            if m.spec[key] != first[key]:
+                raise PredictError(f"{m.folder}: {key} differs from {models[0].folder}")
+    sources = _source_files(inputs, first["source_index"])
+    ids = [case for case, _ in sources]
+    if len(set(ids)) != len(ids):
+        raise PredictError(f"case ids given twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+    for case, src in sources:
+        check_voxels(InputCase(case, [src]))
+    given = {p.resolve() for p in inputs if p.is_dir()}
+    if out.resolve() in given:
+        raise PredictError(
+            f"{out}: the output folder is the input folder; the synthetic "
+            f"{first['target']} files would sit beside (or replace) the real channel files. "
+            "Choose another output folder"
+        )
+    check_writable(out)
+    return sources
+
+
 def translate_scans(
     inputs: list[str | Path],
     out: str | Path,
@@ -285,34 +317,16 @@ def translate_scans(
     Raises:
         PredictError, ModelError: bad input, found before any case is processed.
     """
-    from adseg.inference.predict import InputCase
-    from adseg.training.segmentation import pick_device
+    from adseg.training.engine import pick_device
 
     models = read_gan_model(model_dir, "translation", folds)
     first = models[0].spec
-    for m in models[1:]:
-        for key in ("source", "target", "plan", "slice_axis"):
-            if m.spec[key] != first[key]:
-                raise PredictError(f"{m.folder}: {key} differs from {models[0].folder}")
-    sources = _source_files([Path(p) for p in inputs], first["source_index"])
-    ids = [case for case, _ in sources]
-    if len(set(ids)) != len(ids):
-        raise PredictError(f"case ids given twice: {sorted({i for i in ids if ids.count(i) > 1})}")
-    for case, src in sources:
-        check_voxels(InputCase(case, [src]))
     out = Path(out)
-    given = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
-    if out.resolve() in given:
-        raise PredictError(
-            f"{out}: the output folder is the input folder; the synthetic "
-            f"{first['target']} files would sit beside (or replace) the real channel files. "
-            "Choose another output folder"
-        )
-    check_writable(out)
+    sources = _checked_sources(models, [Path(p) for p in inputs], out)
     dev = pick_device(device, "--device")
     gens = [m.generator(dev) for m in models]
     summary = out / "translations.csv"
-    rows = _read_summary(summary)
+    rows = read_summary(summary)
     name = "{}_" + f"{first['target_index']:04d}.nii.gz"
     todo = [(c, s) for c, s in sources if overwrite or not (out / name.format(c)).is_file()]
     for case, src in progress(todo, "translate", enabled=show):
@@ -327,7 +341,7 @@ def translate_scans(
             "file": path.name,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        _write_summary(summary, rows)
+        write_summary(summary, rows)
     if not summary.is_file():
-        _write_summary(summary, rows)
+        write_summary(summary, rows)
     return summary

@@ -1,39 +1,33 @@
 """What the GAN tasks share: the job (a model, a fold), optimisers, instance-noise schedule,
-divergence and collapse checks, and the epoch loop with checkpoints, resume and tracking.
+divergence and collapse checks, and their part in the training engine's epoch loop.
 
 A task's trainer (:class:`adseg.gan.synthesis.SynthesisTrainer`,
 :class:`adseg.gan.translation.TranslationTrainer`) supplies one epoch of updates, its state
-and its figures; :func:`run_epochs` does the rest the same way for both, as
-:func:`adseg.training.segmentation.train_fold` does for the segmentation schemes (every
-epoch reseeded from (seed, epoch), so a resumed CPU run repeats an uninterrupted one).
+and its figures; :class:`GanTrainer` makes it a study of :mod:`adseg.training.engine`, which
+runs the epochs as it does for the segmentation schemes and ADDA.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import math
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from monai.utils import set_determinism
 from torch import nn
 
-from adseg import __version__
+from adseg.config import without_result_neutral
 from adseg.data.splits import case_meta_from_dataset, validate_splits
 from adseg.gan.settings import TASKS, job_settings, model_name, recipe
-from adseg.io import read_json, write_text, write_tsv
-from adseg.log import logger, progress
+from adseg.io import read_json, write_text
+from adseg.training import engine
+from adseg.training.engine import TrainingError
 from adseg.training.losses import CRITIC_LOSSES, loss_floor
-from adseg.training.segmentation import TrainingError, _resume_state, _save, pick_device
 
 FORMAT = "adseg-gan"
 # what a finished fold folder holds beside its checkpoints, removed when training starts afresh
@@ -145,12 +139,6 @@ def noise_std(r: dict, epoch: int, epochs: int) -> float:
     return r["instance_noise"] * max(0.0, 1.0 - epoch / span)
 
 
-def make_autocast(device: torch.device, amp: bool):
-    """bfloat16 autocast on CUDA when asked for and supported; a no-op elsewhere."""
-    enabled = amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def check_epoch(history: list[dict], r: dict) -> None:
     """Stop a GAN that has diverged, whose D wins outright, or whose generator collapsed.
 
@@ -200,35 +188,55 @@ def spread_ratio(fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
 def fingerprint(job: GanJob) -> str:
     """What a checkpoint must share with the run that resumes it: the model's settings, the
     fold's cases and the preprocessed files they come from."""
-    digest = hashlib.sha256()
+    files = []
     for case_id in sorted(job.spec["train_cases"] + job.spec["val_cases"]):
-        for path in sorted((job.preprocessed / "imagesTr").glob(f"{case_id}_*.nii.gz")):
-            digest.update(path.read_bytes())
-    settings = job_settings(job.config, job.task, job.model)
-    settings[job.task].pop("sample_every", None)  # figures only
-    for key in ("device", "amp"):
-        settings.pop(key, None)
-    key = {"settings": settings, "spec": job.spec, "data": digest.hexdigest()}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class Trainer(Protocol):
-    """What :func:`run_epochs` needs of a task's trainer."""
-
-    def run_epoch(self, loader, epoch: int, noise: float) -> dict[str, float]: ...
-    def end_of_epoch(self, epoch: int, row: dict) -> list[Path]: ...
-    def state(self) -> dict: ...
-    def load_state(self, state: dict) -> None: ...
+        files += sorted((job.preprocessed / "imagesTr").glob(f"{case_id}_*.nii.gz"))
+    settings = {"gan": job_settings(job.config, job.task, job.model)}
+    return engine.fingerprint(
+        {"settings": without_result_neutral(settings), "spec": job.spec}, files
+    )
 
 
 class GanTrainer:
-    """The state a task's trainer keeps: G, D (None for L1-only translation) and their
-    optimisers, saved and restored by name."""
+    """What a task's trainer shares: G, D (None for L1-only translation) and their
+    optimisers, saved and restored by name, and its part in the engine's epoch loop.
 
+    A task's trainer adds ``run_epoch(loader, epoch, noise)`` (one epoch of updates, the
+    means of the step statistics) and ``end_of_epoch(epoch, row)`` (figures and checks after
+    it, their files); :func:`run` gives it ``loader`` and ``reseed`` (called with each epoch's
+    seed: random transforms, samplers).
+    """
+
+    job: GanJob
     gen: nn.Module
     disc: nn.Module | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer | None
+    loader: Any = None
+    reseed: Callable[[int], Any] | None = None
+
+    def train_epoch(self, epoch: int, seed: int) -> dict:
+        self.reseed(seed)
+        noise = noise_std(self.job.recipe, epoch, self.job.section["epochs"])
+        row = self.run_epoch(self.loader, epoch, noise)
+        if noise:
+            row["instance_noise"] = noise
+        return row
+
+    def end_epoch(self, epoch: int, row: dict, epochs: int) -> list[Path]:
+        return self.end_of_epoch(epoch, row)
+
+    def check(self, history: list[dict]) -> None:
+        check_epoch(history, self.job.recipe)
+
+    def message(self, row: dict, epochs: int) -> str:
+        return epoch_message(row, epochs)
+
+    def tracked_row(self, row: dict) -> tuple[dict, None]:
+        return row, None
+
+    def checkpoint(self) -> dict:
+        return {"trainer": self.state()}
 
     def parts(self) -> dict:
         return {
@@ -258,28 +266,24 @@ class GanTrainer:
 def start(job: GanJob, resume: str, threads: int | None) -> tuple[torch.device, str, dict | None]:
     """Device, fingerprint and the checkpoint to resume from (``resume``: no, yes, auto)."""
     g = job.config["gan"]
-    device = pick_device(g["device"], "gan.device")
-    if device.type == "cpu":
-        torch.set_num_threads(threads or g["threads"])
     key = fingerprint(job)
-    state = _resume_state(job, resume, key)
-    set_determinism(g["seed"])
-    job.out.mkdir(parents=True, exist_ok=True)
-    stale = ["model.json", "checkpoint_final.pt"]
-    if state is None:  # a fresh start: nothing of an earlier run may survive beside it
-        stale += [*RESULTS, "checkpoint_last.pt", "training_log.tsv"]
+    device, state = engine.begin(
+        job.out, g["device"], "gan.device", threads or g["threads"], g["seed"], resume, key
+    )
+    # a fresh start: nothing of an earlier run may survive beside it
+    always = ["model.json", "checkpoint_final.pt"]
+    engine.clear(job.out, state is None, always, [*RESULTS, engine.CHECKPOINT, engine.LOG])
+    if state is None:
         shutil.rmtree(job.out / "samples", ignore_errors=True)
-    for name in stale:
-        (job.out / name).unlink(missing_ok=True)
     write_text(job.out / "config.yaml", yaml.safe_dump(job.config, sort_keys=False))
     return device, key, state
 
 
-def run_epochs(
+def run(
     job: GanJob,
-    trainer: Trainer,
+    trainer: GanTrainer,
     loader,
-    reseed,
+    reseed: Callable[[int], Any],
     history: list[dict],
     key: str,
     columns: tuple[str, ...],
@@ -287,7 +291,7 @@ def run_epochs(
     tracker=None,
     then: Callable[[], Any] | None = None,
 ) -> Any:
-    """Train epoch by epoch from ``len(history)``, checking, logging and checkpointing each;
+    """Train epoch by epoch from ``len(history)`` (:func:`adseg.training.engine.run_epochs`),
     then call ``then`` (an evaluation) and return what it returns.
 
     An error or interruption in either marks the tracker's run FAILED or KILLED first.
@@ -297,64 +301,25 @@ def run_epochs(
         columns: of ``training_log.tsv``.
         tracker: an :class:`adseg.tracking.FoldRun`, or None.
     """
-    try:
-        _epochs(job, trainer, loader, reseed, history, key, columns, show, tracker)
-        return then() if then is not None else None
-    except BaseException as err:
-        if tracker is not None:
-            tracker.fail(err)
-        raise
-
-
-def _epochs(job, trainer, loader, reseed, history, key, columns, show, tracker) -> None:
-    s, seed = job.section, job.config["gan"]["seed"]
-    for epoch in progress(
-        range(len(history), s["epochs"]),
+    trainer.loader, trainer.reseed = loader, reseed
+    loop = engine.Loop(
         f"{job.name} fold {job.fold}",
-        total=s["epochs"] - len(history),
-        enabled=show,
-    ):
-        t0 = time.perf_counter()
-        epoch_seed = seed * 100_003 + epoch
-        set_determinism(epoch_seed)
-        reseed(epoch_seed)
-        noise = noise_std(job.recipe, epoch, s["epochs"])
-        stats = trainer.run_epoch(loader, epoch, noise)
-        row = {"epoch": epoch + 1, **stats}
-        if noise:
-            row["instance_noise"] = noise
-        figures = trainer.end_of_epoch(epoch, row)
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        logger.info(epoch_message(row, s["epochs"]))
-        if tracker is not None:
-            tracker.epoch(row, None)
-            for path in figures:
-                tracker.artifact(path, "samples")
-        write_tsv(job.out / "training_log.tsv", history, columns)
-        check_epoch(history, job.recipe)
-        _save(
-            {
-                "trainer": trainer.state(),
-                "history": history,
-                "fingerprint": key,
-                "adseg_version": __version__,
-            },
-            job.out / "checkpoint_last.pt",
-        )
+        job.section["epochs"],
+        job.config["gan"]["seed"],
+        job.out,
+        key,
+        columns,
+    )
+    with engine.tracked(tracker):
+        engine.run_epochs(trainer, loop, history, show, tracker)
+        return then() if then is not None else None
 
 
 def epoch_message(row: dict, epochs: int) -> str:
     """One log line per epoch."""
-    parts = [f"epoch {row['epoch']}/{epochs}"]
-    for k in ("loss_d", "loss_g", "loss_l1", "d_real", "d_fake", "std_ratio"):
-        if row.get(k) is not None:
-            parts.append(f"{k} {row[k]:.4g}")
-    for k in ("val_mae", "val_psnr", "val_ssim"):
-        if row.get(k) is not None:
-            parts.append(f"{k} {row[k]:.4g}")
-    parts.append(f"{row['seconds']:.1f} s")
-    return ", ".join(parts)
+    keys = ("loss_d", "loss_g", "loss_l1", "d_real", "d_fake", "std_ratio")
+    keys += ("val_mae", "val_psnr", "val_ssim")
+    return engine.epoch_line(f"epoch {row['epoch']}/{epochs}", row, [(k, k) for k in keys], ".4g")
 
 
 def mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adseg.evaluation.summary import _num, _stats, paired_test
+from adseg.evaluation.statistics import cell, describe, number, paired_test
 from adseg.io import read_json, write_text, write_tsv
 from adseg.plots import box_plot
 from adseg.preprocessing.qc import read_tsv
@@ -43,7 +43,7 @@ def per_patient(rows: list[dict]) -> dict[tuple[str, str], dict]:
         groups[(r["model"], r["patient_id"])].append(r)
     return {
         key: {"fold": int(visits[0]["fold"])}
-        | {m: float(np.mean([_num(v[m]) for v in visits])) for m in TRANSLATION_METRICS}
+        | {m: float(np.mean([number(v[m]) for v in visits])) for m in TRANSLATION_METRICS}
         for key, visits in groups.items()
     }
 
@@ -58,13 +58,13 @@ def translation_tables(rows: list[dict]) -> tuple[list[dict], list[dict], list[s
         values = {m: {p: v[metric] for (mm, p), v in patients.items() if mm == m} for m in models}
         for m in models:
             stats.append(
-                {"model": m, "metric": metric, "fold": "all"} | _stats(list(values[m].values()))
+                {"model": m, "metric": metric, "fold": "all"} | describe(list(values[m].values()))
             )
             for f in folds:
                 in_fold = [
                     v[metric] for (mm, _), v in patients.items() if mm == m and v["fold"] == f
                 ]
-                stats.append({"model": m, "metric": metric, "fold": f} | _stats(in_fold))
+                stats.append({"model": m, "metric": metric, "fold": f} | describe(in_fold))
         for a, b in itertools.combinations(models, 2):
             tests.append(
                 {"metric": metric, "model_a": a, "model_b": b} | paired_test(values[a], values[b])
@@ -95,10 +95,7 @@ def synthesis_rows(model_files: list[Path]) -> list[dict]:
 
 
 def _cell(s: dict, digits: int) -> str:
-    if not s["n"]:
-        return "–"
-    std = "–" if math.isnan(s["std"]) else f"{s['std']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ± {std} ({s['n']})"
+    return f"{cell(s, digits)} ({s['n']})" if s["n"] else "–"
 
 
 def _markdown(title: str, synth: list[dict], stats, tests, models) -> str:
@@ -198,17 +195,17 @@ def parent_metrics(out: Path, model: str) -> dict[str, float]:
     for s in read_tsv(out / "summary.tsv"):
         if s["model"] == model and s["fold"] == "all":
             values |= {
-                f"test/{s['metric']}": _num(s["mean"]),
-                f"test/{s['metric']}_std": _num(s["std"]),
+                f"test/{s['metric']}": number(s["mean"]),
+                f"test/{s['metric']}_std": number(s["std"]),
             }
             values[f"test/{s['metric']}_n"] = float(s["n"])
     for t in read_tsv(out / "tests.tsv"):
         if model in (t["model_a"], t["model_b"]):
             other = t["model_b"] if t["model_a"] == model else t["model_a"]
-            values[f"test/{t['metric']}_p_vs_{other}"] = _num(t["p"])
+            values[f"test/{t['metric']}_p_vs_{other}"] = number(t["p"])
     synth = [r for r in read_tsv(out / "synthesis.tsv") if r["model"] == model]
     for key in ("swd", "swd_train", "swd_ratio", "std_ratio"):
-        spread = _stats([_num(r[key]) for r in synth])
+        spread = describe([number(r[key]) for r in synth])
         if spread["n"]:
             values[f"test/{key}"] = spread["mean"]
     return {k: v for k, v in values.items() if not math.isnan(v)}

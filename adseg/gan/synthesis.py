@@ -6,48 +6,39 @@ D takes every batch of real slices; G is updated after every ``d_steps`` of them
 et al. 2014, Algorithm 1), through :func:`adseg.training.steps.discriminator_step` and
 :func:`adseg.training.steps.generator_step`. A grid of samples from fixed noise is drawn every
 ``sample_every`` epochs. At the end the model is measured against the fold's held-out
-patients (:func:`evaluate_samples`): the sliced Wasserstein distance of its samples to their
-slices, beside the distance of the training slices to them (what a perfect generator of the
-training distribution would score), and the spread of its samples.
+patients (:func:`adseg.gan.sampling.evaluate_samples`): the sliced Wasserstein distance of its
+samples to their slices, beside the distance of the training slices to them (what a perfect
+generator of the training distribution would score), and the spread of its samples.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from adseg import __version__
+from adseg.gan.blocks import condition_image, condition_latent, dcgan_init
 from adseg.gan.data import channel_indices, intensity_ranges, load_volumes, synthesis_slices
 from adseg.gan.job import (
     GanJob,
     GanTrainer,
-    make_autocast,
     make_job,
     mean_stats,
     optimizers,
-    run_epochs,
+    run,
     spread_ratio,
     start,
 )
-from adseg.gan.networks import (
-    DCGANDiscriminator,
-    DCGANGenerator,
-    condition_image,
-    condition_latent,
-    dcgan_init,
-)
+from adseg.gan.networks import DCGANDiscriminator, DCGANGenerator
+from adseg.gan.sampling import evaluate_samples, generate
 from adseg.io import copy_file, read_json, write_json
 from adseg.log import logger
 from adseg.preprocessing.case import Plan
+from adseg.training import engine
 from adseg.training.loader import slice_axis
-from adseg.training.segmentation import _save
 from adseg.training.steps import discriminator_step, generator_step
 
 LOG_COLUMNS = (
@@ -63,7 +54,6 @@ LOG_COLUMNS = (
     "seconds",
 )
 GRID = 64  # samples in a figure (8 x 8)
-CHUNK = 256  # samples per generator call when drawing many
 IMAGE = slice(0, 1)  # D's input channels that are the image (the rest: class maps)
 
 
@@ -144,7 +134,7 @@ class SynthesisTrainer(GanTrainer):
         self.gen.apply(dcgan_init)
         self.disc.apply(dcgan_init)
         self.opt_g, self.opt_d = optimizers(job.recipe, self.gen, self.disc)
-        self.autocast = make_autocast(device, job.config["gan"]["amp"])
+        self.autocast = engine.autocast(device, job.config["gan"]["amp"])
         self.classes = len(job.spec["classes"] or [])
         # the same noise every time: the sample grids show one model changing, not new draws
         rng = torch.Generator().manual_seed(job.config["gan"]["seed"])
@@ -240,66 +230,6 @@ class SynthesisTrainer(GanTrainer):
         return [f"{classes[int(k)]}" for k in self.fixed_y] if classes else None
 
 
-@torch.inference_mode()
-def generate(
-    gen: nn.Module,
-    z: torch.Tensor,
-    y: torch.Tensor,
-    classes: int,
-    device,
-    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-) -> torch.Tensor:
-    """``gen``'s slices ``(N, 1, S, S)`` for noise ``z`` and class indices ``y`` (one-hot
-    conditioned when ``classes`` > 0), on the CPU, :data:`CHUNK` at a time."""
-    out = []
-    for i in range(0, len(z), CHUNK):
-        latent = z[i : i + CHUNK].to(device)
-        if classes:
-            latent = condition_latent(latent, y[i : i + CHUNK].to(device), classes)
-        with autocast():
-            out.append(gen(latent).float().cpu())
-    return torch.cat(out)
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256) -> float:
-    """Sliced Wasserstein-1 distance between two sets of images ``(N, ...)`` and ``(M, ...)``.
-
-    Both are flattened and projected on ``projections`` random unit directions (seeded, so
-    every model is measured on the same ones); the 1-D Wasserstein distance of the sorted
-    projections is averaged over directions. The larger set is subsampled to the smaller's
-    size (evenly, so it is repeatable).
-    """
-    n = min(len(a), len(b))
-    a = a[torch.linspace(0, len(a) - 1, n).long()].flatten(1).double()
-    b = b[torch.linspace(0, len(b) - 1, n).long()].flatten(1).double()
-    rng = torch.Generator().manual_seed(0)
-    dirs = torch.randn(a.shape[1], projections, generator=rng, dtype=torch.float64)
-    dirs /= dirs.norm(dim=0, keepdim=True)
-    pa, _ = torch.sort(a @ dirs, dim=0)
-    pb, _ = torch.sort(b @ dirs, dim=0)
-    return float((pa - pb).abs().mean())
-
-
-def evaluate_samples(trainer: SynthesisTrainer, train: TensorDataset, test: TensorDataset) -> dict:
-    """The model against the held-out slices ``test`` (images ``(N, 1, S, S)``, scaled).
-
-    ``swd``: sliced Wasserstein distance of as many samples as there are held-out slices;
-    ``swd_train``: the training slices' distance to them (the floor a generator that copied the
-    training distribution would reach); ``std_ratio``: the samples' spread over the held-out
-    slices'. Samples are drawn from seeded noise, classes in the held-out proportions.
-    """
-    images, classes = test.tensors
-    rng = torch.Generator().manual_seed(1)
-    z = torch.randn(len(images), trainer.spec["latent_dim"], generator=rng)
-    samples = trainer.sample(z, classes)
-    return {
-        "n_test_slices": len(images),
-        "swd": sliced_wasserstein(samples, images),
-        "swd_train": sliced_wasserstein(train.tensors[0], images),
-        **spread_ratio(samples, images),
-    }
-
-
 def train_synthesis(
     config: dict,
     model: str,
@@ -371,7 +301,7 @@ def train_synthesis(
             tracker.finish(spec)
         return spec
 
-    return run_epochs(
+    return run(
         job,
         trainer,
         loader,
@@ -419,7 +349,7 @@ def _finish(job: GanJob, trainer: SynthesisTrainer, history: list[dict], evaluat
         "best_val_dice": None,
         "evaluation": evaluation,
     }
-    _save(trainer.weights(), job.out / "checkpoint_final.pt")
+    engine.save_checkpoint(trainer.weights(), job.out / "checkpoint_final.pt")
     write_json(job.out / "evaluation.json", evaluation)
     # the last epoch always draws its grid
     last = job.out / "samples" / f"epoch_{len(history):04d}.png"

@@ -37,20 +37,19 @@ from adseg.gan.data import (
 from adseg.gan.job import (
     GanJob,
     GanTrainer,
-    make_autocast,
     make_job,
     mean_stats,
     optimizers,
-    run_epochs,
+    run,
     spread_ratio,
     start,
 )
-from adseg.gan.networks import PatchGANDiscriminator, UNetGenerator
+from adseg.gan.pix2pix import PatchGANDiscriminator, UNetGenerator
 from adseg.io import read_json, write_json
 from adseg.log import logger
 from adseg.preprocessing.case import Plan
+from adseg.training import engine
 from adseg.training.loader import slice_axis
-from adseg.training.segmentation import _save
 from adseg.training.steps import discriminator_step, generator_step, grad_norm
 
 LOG_COLUMNS = (
@@ -186,7 +185,7 @@ class TranslationTrainer(GanTrainer):
         disc = build_discriminator(job.spec)
         self.disc = disc.to(device) if disc is not None else None
         self.opt_g, self.opt_d = optimizers(job.recipe, self.gen, self.disc)
-        self.autocast = make_autocast(device, job.config["gan"]["amp"])
+        self.autocast = engine.autocast(device, job.config["gan"]["amp"])
         # scaled (source, target) volumes of the held-out cases, for the epoch's check
         self.validation = validation
 
@@ -351,7 +350,7 @@ def train_translation(
             tracker.finish(spec)
         return spec
 
-    return run_epochs(
+    return run(
         job, trainer, loader, reseed, history, key, LOG_COLUMNS, show_progress, tracker, finish
     )
 
@@ -368,7 +367,7 @@ def _finish(job: GanJob, trainer: TranslationTrainer, history: list[dict]) -> di
         "best_val_dice": None,
         "final_val": {m: last.get(f"val_{m}") for m in METRICS},
     }
-    _save(trainer.weights(), job.out / "checkpoint_final.pt")
+    engine.save_checkpoint(trainer.weights(), job.out / "checkpoint_final.pt")
     gan_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}")
     write_json(job.out / "model.json", spec)
     return spec

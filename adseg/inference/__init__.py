@@ -1,0 +1,1 @@
+"""New scans: the model folder, sliding-window inference and ``adseg predict``."""

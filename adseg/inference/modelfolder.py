@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adseg.errors import AdsegError
 from adseg.io import read_json
 from adseg.preprocessing.case import Plan
 from adseg.training.networks import LabelMapDiscriminator, build_segmentor, discriminator_channels
@@ -33,7 +34,7 @@ CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt"}
 FOLD_FILES = ("model.json", "plans.json", "config.yaml")
 
 
-class ModelError(ValueError):
+class ModelError(AdsegError, ValueError):
     """A model folder that is incomplete, or from an incompatible version."""
 
 

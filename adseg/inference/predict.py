@@ -13,15 +13,13 @@ normalisation, channel order) and the label names. For each case:
 5. write the mask with that file's own NIfTI header (shape, affine, qform and sform codes), and
    optionally the probabilities as a 4-D float32 image, one volume per class.
 
-All inputs are checked before any work. Each output file is written atomically, so a case is
-complete or absent, and a rerun skips finished cases unless ``overwrite``.
+All inputs are checked before any work (:mod:`adseg.inference.inputs` finds and checks the
+scans' files). Each output file is written atomically, so a case is complete or absent, and a
+rerun skips finished cases unless ``overwrite``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +31,15 @@ import torch
 from scipy import ndimage
 
 from adseg.data.cohort import read_channels
-from adseg.data.layouts import ChannelSource
 from adseg.geometry import Grid
+from adseg.inference.inputs import (
+    InputCase,
+    PredictError,
+    check_voxels,
+    collect_inputs,
+    read_summary,
+    write_summary,
+)
 from adseg.inference.modelfolder import FoldModel, read_model
 from adseg.inference.sliding import (
     discriminator_score,
@@ -43,120 +48,11 @@ from adseg.inference.sliding import (
     predict_probabilities,
     to_grid,
 )
-from adseg.io import atomic_path, strip_nifti_suffix, write_text
+from adseg.io import atomic_path
 from adseg.log import logger, progress
 from adseg.preprocessing.case import nonzero_bbox, preprocess_images
 
-CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 SUMMARY = "predictions.csv"
-
-
-class PredictError(ValueError):
-    """Bad input to ``adseg predict``; the message names the file and the problem."""
-
-
-@dataclass
-class InputCase:
-    """One scan to segment: its id and its channels in the model's channel order."""
-
-    case_id: str
-    channels: list[ChannelSource]
-
-    @property
-    def reference_file(self) -> Path:
-        return self.channels[0].path
-
-
-def _nifti_name(path: Path) -> str:
-    stem = strip_nifti_suffix(path.name)
-    if stem is None:
-        raise PredictError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
-    return stem
-
-
-def _volumes(path: Path) -> int:
-    """Number of volumes in a NIfTI file (1 for 3-D), reading only its header."""
-    if not path.is_file():
-        raise PredictError(f"{path}: no such file")
-    try:
-        shape = nib.load(str(path)).shape
-    except Exception as err:  # nibabel raises several types for unreadable files
-        raise PredictError(f"{path}: cannot read as NIfTI ({err})") from None
-    if len(shape) == 3:
-        return 1
-    if len(shape) == 4:
-        return shape[3]
-    raise PredictError(f"{path}: a {len(shape)}-D image; expected 3-D, or 4-D with channels")
-
-
-def _case_from_files(case_id: str, files: list[Path], n_channels: int) -> InputCase:
-    if len(files) == 1 and n_channels > 1:
-        found = _volumes(files[0])
-        if found != n_channels:
-            raise PredictError(
-                f"{files[0]}: {found} volume(s); the model needs {n_channels} channels"
-            )
-        return InputCase(case_id, [ChannelSource(files[0], k) for k in range(n_channels)])
-    if len(files) != n_channels:
-        raise PredictError(
-            f"case {case_id!r}: {len(files)} channel file(s); the model needs {n_channels}"
-        )
-    for path in files:
-        if _volumes(path) != 1:
-            raise PredictError(f"{path}: 4-D; give one 3-D file per channel or one 4-D file")
-    return InputCase(case_id, [ChannelSource(p, None) for p in files])
-
-
-def channel_files(folder: Path) -> dict[str, dict[int, Path]]:
-    """A folder's NIfTI files in nnU-Net naming, by case and channel index.
-
-    Raises:
-        PredictError: a file not named ``<case>_<channel:04d>.nii.gz``, or no files.
-    """
-    groups: dict[str, dict[int, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        match = CHANNEL_FILE.match(_nifti_name(path))
-        if not match:
-            raise PredictError(f"{path}: name is not <case>_<channel:04d>.nii.gz")
-        groups.setdefault(match["case"], {})[int(match["channel"])] = path
-    if not groups:
-        raise PredictError(f"{folder}: no NIfTI files")
-    return groups
-
-
-def collect_inputs(inputs: list[Path], channel_names: list[str]) -> list[InputCase]:
-    """Cases from a folder in nnU-Net naming, or from the channel files of one case in order.
-
-    Raises:
-        PredictError: a missing channel, a file that is not NIfTI or not readable.
-    """
-    n = len(channel_names)
-    if len(inputs) == 1 and inputs[0].is_dir():
-        groups = channel_files(inputs[0])
-        cases = []
-        for case_id, by_channel in groups.items():
-            if set(by_channel) == {0}:
-                cases.append(_case_from_files(case_id, [by_channel[0]], n))
-                continue
-            missing = [f"{k:04d} ({channel_names[k]})" for k in range(n) if k not in by_channel]
-            if missing:
-                raise PredictError(f"case {case_id!r} lacks channel {', '.join(missing)}")
-            cases.append(_case_from_files(case_id, [by_channel[k] for k in range(n)], n))
-        return cases
-    stem = _nifti_name(inputs[0])
-    match = CHANNEL_FILE.match(stem)
-    return [_case_from_files(match["case"] if match else stem, list(inputs), n)]
-
-
-def check_voxels(case: InputCase) -> None:
-    """Reject NaN/inf voxels (SimpleITK would read them as 0), naming the file."""
-    for path in sorted({c.path for c in case.channels}):
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-        bad = int(np.count_nonzero(~np.isfinite(data))) if data.dtype.kind == "f" else 0
-        if bad:
-            raise PredictError(f"{path}: {bad} NaN/inf voxels")
 
 
 def check_models(models: list[FoldModel]) -> None:
@@ -312,25 +208,6 @@ def predict_case(
     return row
 
 
-def _read_summary(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        return {row["case_id"]: row for row in csv.DictReader(f)}
-
-
-def _write_summary(path: Path, rows: dict[str, dict]) -> None:
-    columns: list[str] = []
-    for row in rows.values():
-        columns += [c for c in row if c not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-    writer.writeheader()
-    for case_id in sorted(rows):
-        writer.writerow(rows[case_id])
-    write_text(path, buffer.getvalue())
-
-
 def predict(
     inputs: list[str | Path], out: str | Path, model_dir: str | Path, opts: PredictOptions
 ) -> Path:
@@ -339,7 +216,7 @@ def predict(
     Raises:
         PredictError, ModelError: bad input, found before any case is processed.
     """
-    from adseg.training.segmentation import pick_device
+    from adseg.training.engine import pick_device
 
     out = Path(out)
     models = read_model(model_dir, opts.folds)
@@ -357,14 +234,14 @@ def predict(
     spec = models[0].spec
     inferer = make_inferer(spec["network"]["spatial_dims"], spec["patch_size"], spec["slice_axis"])
     summary = out / SUMMARY
-    rows = _read_summary(summary)
+    rows = read_summary(summary)
     todo = [c for c in cases if opts.overwrite or not (out / f"{c.case_id}.nii.gz").is_file()]
     if len(todo) < len(cases):
         logger.info("%d case(s) already done in %s; skipping them", len(cases) - len(todo), out)
     for case in progress(todo, "predict", enabled=opts.show_progress):
         rows[case.case_id] = predict_case(case, models, nets, critics, inferer, opts, out, device)
-        _write_summary(summary, rows)
+        write_summary(summary, rows)
         logger.info("%s: %s", case.case_id, rows[case.case_id])
     if not summary.is_file():
-        _write_summary(summary, rows)
+        write_summary(summary, rows)
     return summary

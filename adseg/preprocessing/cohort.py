@@ -23,8 +23,9 @@ import SimpleITK as sitk
 
 from adseg import __version__
 from adseg.config import cohort_layout
+from adseg.data.checks import CaseInfo
 from adseg.data.cohort import Case, CohortError, discover_cohort, read_channels, read_label
-from adseg.data.validation import CaseInfo, ValidationReport, case_warnings, validate_with_config
+from adseg.data.validation import ValidationReport, case_warnings, validate_with_config
 from adseg.geometry import Grid, obliquity_deg
 from adseg.io import atomic_dir, write_image, write_json, write_text
 from adseg.log import logger, parallel_map

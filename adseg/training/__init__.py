@@ -1,0 +1,1 @@
+"""The one training engine (:mod:`adseg.training.engine`) and the segmentation schemes."""

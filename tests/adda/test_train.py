@@ -15,7 +15,10 @@ import pytest
 import torch
 from conftest import snakemake
 
-from adseg.adda.train import Adapter, AddaJob, adapt_fold, auc, domain_auc
+from adseg.adda.adapter import Adapter
+from adseg.adda.job import AddaJob
+from adseg.adda.probe import auc, domain_auc
+from adseg.adda.train import adapt_fold
 from adseg.config import ConfigError, deep_merge, load_config, resolve_config
 from adseg.evaluation.cases import METRIC_COLUMNS
 from adseg.inference.modelfolder import read_fold
@@ -229,14 +232,14 @@ def test_target_labels_are_never_used_for_training(tiny_experiment, source_model
 def test_interrupted_adaptation_resumes_to_the_same_weights(
     tiny_experiment, source_model, tmp_path, monkeypatch
 ):
-    import adseg.adda.train
+    import adseg.training.engine
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     config = _config(tiny_experiment, adda={"epochs": 3})
     prep, splits = tiny_experiment["preprocessed"], tiny_experiment["splits"]
     args = ("feature", FOLD, prep, splits, source_model)
     adapt_fold(config, *args, straight, "no", False)
-    save, saved = adseg.adda.train._save, []
+    save, saved = adseg.training.engine.save_checkpoint, []
 
     def interrupted(obj, path):
         save(obj, path)
@@ -244,10 +247,10 @@ def test_interrupted_adaptation_resumes_to_the_same_weights(
         if saved.count("checkpoint_last.pt") == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(adseg.adda.train, "_save", interrupted)
+    monkeypatch.setattr(adseg.training.engine, "save_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
         adapt_fold(config, *args, split, "no", False)
-    monkeypatch.setattr(adseg.adda.train, "_save", save)
+    monkeypatch.setattr(adseg.training.engine, "save_checkpoint", save)
     adapt_fold(config, *args, split, "yes", False)
     a, b = _weights(straight), _weights(split)
     for key in a:

@@ -1,5 +1,6 @@
-"""Tests for adseg.gan.networks: shapes in 2-D and 3-D, output ranges, size rules, minibatch
-std, initialisation, conditioning, registries and per-sample independence of critics."""
+"""Tests for adseg.gan.networks, adseg.gan.pix2pix and adseg.gan.blocks: shapes in 2-D and
+3-D, output ranges, size rules, minibatch std, initialisation, conditioning, registries and
+per-sample independence of critics."""
 
 from __future__ import annotations
 
@@ -9,22 +10,18 @@ import pytest
 import torch
 from torch import nn
 
+from adseg.gan.blocks import MinibatchStdDev, condition_image, condition_latent, dcgan_init
 from adseg.gan.networks import (
     DISCRIMINATORS,
     GENERATORS,
     DCGANDiscriminator,
     DCGANGenerator,
-    MinibatchStdDev,
     MLPDiscriminator,
     MLPGenerator,
-    PatchGANDiscriminator,
-    UNetGenerator,
     build_discriminator,
     build_generator,
-    condition_image,
-    condition_latent,
-    dcgan_init,
 )
+from adseg.gan.pix2pix import PatchGANDiscriminator, UNetGenerator
 
 DIMS = [2, 3]
 
@@ -138,10 +135,11 @@ def test_minibatch_std_shape_and_values() -> None:
 def test_minibatch_std_identical_samples_and_batch_one() -> None:
     m = MinibatchStdDev(group_size=4)
     same = torch.randn(1, 2, 3, 3).expand(4, 2, 3, 3)
-    assert m(same)[:, 2].abs().max() == 0
+    # sqrt(var + eps) - sqrt(eps) in float32: zero up to rounding on any CPU and BLAS
+    assert m(same)[:, 2].abs().max() < 1e-6
     one = m(torch.randn(1, 2, 3, 3))
     assert one.shape == (1, 3, 3, 3)
-    assert one[:, 2].abs().max() == 0
+    assert one[:, 2].abs().max() < 1e-6
 
 
 def test_minibatch_std_odd_batch_uses_largest_divisor() -> None:

@@ -14,7 +14,8 @@ from conftest import TINY_GAN
 
 from adseg.config import deep_merge, resolve_config
 from adseg.gan.job import GanError, check_epoch, spread_ratio
-from adseg.gan.synthesis import sliced_wasserstein, train_synthesis, widths
+from adseg.gan.sampling import sliced_wasserstein
+from adseg.gan.synthesis import train_synthesis, widths
 from adseg.io import read_json
 
 
@@ -120,22 +121,22 @@ def test_dcgan_trains_and_writes_a_self_describing_folder(tiny_experiment, tmp_p
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tiny_experiment, tmp_path, monkeypatch):
-    import adseg.gan.job
+    import adseg.training.engine
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(tiny_experiment, straight, model="wgan-gp")
     # interrupt the second run after epoch 2's updates, before its checkpoint
-    write_tsv = adseg.gan.job.write_tsv
+    write_tsv = adseg.training.engine.write_tsv
 
     def interrupted(path, history, columns):
         if len(history) == 2:
             raise KeyboardInterrupt
         write_tsv(path, history, columns)
 
-    monkeypatch.setattr(adseg.gan.job, "write_tsv", interrupted)
+    monkeypatch.setattr(adseg.training.engine, "write_tsv", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_experiment, split, model="wgan-gp")
-    monkeypatch.setattr(adseg.gan.job, "write_tsv", write_tsv)
+    monkeypatch.setattr(adseg.training.engine, "write_tsv", write_tsv)
     assert len(torch.load(split / "checkpoint_last.pt", weights_only=False)["history"]) == 1
     train(tiny_experiment, split, model="wgan-gp", resume="yes")
     a = torch.load(straight / "checkpoint_final.pt", weights_only=True)

@@ -149,11 +149,18 @@ def test_same_seed_same_run_and_threads_restored():
 
 @pytest.mark.parametrize("loss", ["nonsaturating", "wgan-gp"])
 def test_training_moves_samples_to_the_modes(loss):
-    before = train_toy(ToySettings(loss, steps=0, seed=1))["metrics"]["mean_distance"]
-    after = train_toy(ToySettings(loss, steps=300, seed=1))["metrics"]["mean_distance"]
-    # the untrained generator sits near the origin, about one radius (2) from every mode
-    assert before > 1.5
-    assert after < 0.8 * before
+    # one seed's run depends on the CPU's float rounding (wgan-gp seed 1 at 300 steps: 0.85 of
+    # its start on one x86-64 machine, 0.6 on another), so judge the median of three seeds;
+    # measured on this project's machine at 600 steps: wgan-gp 0.61, 0.55, 0.44 and
+    # nonsaturating 0.25, 0.43, 0.25 of the start
+    ratios = []
+    for seed in (1, 2, 3):
+        before = train_toy(ToySettings(loss, steps=0, seed=seed))["metrics"]["mean_distance"]
+        after = train_toy(ToySettings(loss, steps=600, seed=seed))["metrics"]["mean_distance"]
+        # the untrained generator sits near the origin, about one radius (2) from every mode
+        assert before > 1.5
+        ratios.append(after / before)
+    assert sorted(ratios)[1] < 0.75, ratios
 
 
 @pytest.mark.parametrize("loss", ["nonsaturating", "wgan-gp"])

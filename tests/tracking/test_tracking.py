@@ -21,6 +21,7 @@ from adseg.evaluation.cases import METRIC_COLUMNS, evaluate_fold
 from adseg.evaluation.summary import summarize
 from adseg.inference.modelfolder import read_fold
 from adseg.io import write_tsv
+from adseg.tracking import store
 from adseg.training.segmentation import train_fold
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -376,7 +377,7 @@ def test_training_goes_on_when_the_server_stops_and_sync_sends_the_rest(
     assert "events are kept" in caplog.text and "adseg mlflow-sync" in caplog.text
 
     exp_dir = out.parent.parent
-    tracking._down_until.clear()
+    store._down_until.clear()
     runs, sent, pending = tracking.sync([exp_dir])
     assert (runs, sent, pending) == (1, 0, journal.pending())  # still down: nothing lost
 

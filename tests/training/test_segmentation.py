@@ -18,14 +18,10 @@ import torch
 
 from adseg.config import deep_merge
 from adseg.io import read_json
+from adseg.training.engine import TrainingError, pick_device
 from adseg.training.job import check_job
-from adseg.training.segmentation import (
-    Trainer,
-    TrainingError,
-    fingerprint,
-    pick_device,
-    train_fold,
-)
+from adseg.training.segmentation import fingerprint, train_fold
+from adseg.training.segmentor import SegmentorTrainer as Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,23 +168,23 @@ def test_model_folder_is_self_describing(tiny_experiment, tmp_path):
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tiny_experiment, tmp_path, monkeypatch):
-    import adseg.training.segmentation
+    import adseg.training.engine
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     _train(tiny_experiment, straight, "adversarial", train={"epochs": 3})
     # interrupt the second run between epochs 2 and 3, before epoch 3's checkpoint
-    write_log, calls = adseg.training.segmentation.write_log, []
+    write_tsv, calls = adseg.training.engine.write_tsv, []
 
-    def interrupted(path, history):
+    def interrupted(path, history, columns):
         calls.append(len(history))
         if len(history) == 3:
             raise KeyboardInterrupt
-        write_log(path, history)
+        write_tsv(path, history, columns)
 
-    monkeypatch.setattr(adseg.training.segmentation, "write_log", interrupted)
+    monkeypatch.setattr(adseg.training.engine, "write_tsv", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _train(tiny_experiment, split, "adversarial", train={"epochs": 3})
-    monkeypatch.setattr(adseg.training.segmentation, "write_log", write_log)
+    monkeypatch.setattr(adseg.training.engine, "write_tsv", write_tsv)
     _train(tiny_experiment, split, "adversarial", "yes", train={"epochs": 3})
     a = torch.load(straight / "checkpoint_final.pt", weights_only=True)
     b = torch.load(split / "checkpoint_final.pt", weights_only=True)
@@ -251,16 +247,16 @@ def test_divergence_keeps_the_last_good_checkpoint(tiny_experiment, tmp_path, mo
             stats["loss_s"] = float("inf")
         return stats
 
-    def log_after_first_epoch(path, history):
+    def log_after_first_epoch(path, history, columns):
         if steps["per_epoch"] is None:
             steps["per_epoch"] = steps["n"]
-        return write_log(path, history)
+        return write_tsv(path, history, columns)
 
-    import adseg.training.segmentation
+    import adseg.training.engine
 
-    write_log = adseg.training.segmentation.write_log
+    write_tsv = adseg.training.engine.write_tsv
     monkeypatch.setattr(Trainer, "supervised_step", diverging)
-    monkeypatch.setattr(adseg.training.segmentation, "write_log", log_after_first_epoch)
+    monkeypatch.setattr(adseg.training.engine, "write_tsv", log_after_first_epoch)
     out = tmp_path / "fold"
     with pytest.raises(TrainingError, match="non-finite loss_s at epoch 2, iteration 1"):
         _train(tiny_experiment, out, train={"epochs": 3})

@@ -4,14 +4,13 @@ import os
 import shlex
 from pathlib import Path
 
-from adseg.config import experiment_dir, resolve_config
+from adseg.config import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
+from adseg.config import experiment_dir, resolve_config, without_result_neutral
 from adseg.io import read_json
-from adseg.tracking import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
 from adseg.training.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
 from adseg.gan.settings import job_settings as gan_job_settings
 from adseg.gan.settings import model_names as gan_model_names
 from adseg.gan.settings import modes_settings as gan_modes_job_settings
-from adseg.training.losses import GAN_LOSSES
 
 # One schema (workflow/schemas/config.schema.yaml) for Snakemake and the CLI: validate, fill
 # defaults, reject unknown keys with the allowed ones listed.
@@ -58,16 +57,9 @@ def settings(*sections):
     Passing them as params (not a config file) makes Snakemake rerun a rule exactly when a
     section it uses changes.
     """
-    chosen = {
-        s: dict(config[s]) if isinstance(config[s], dict) else config[s]
-        for s in sections
-    }
-    # how many processes run a stage does not change its results
-    chosen.get("preprocess", {}).pop("workers", None)
-    for key in ("threads", "workers"):
-        chosen.get("train", {}).pop(key, None)
-    # whether the workflow runs the ADDA study is the workflow's business, not a job's
-    chosen.get("adda", {}).pop("enabled", None)
+    # settings that change how a job runs, not what it makes (the schema marks them) rerun
+    # nothing; the job reads them from the whole config (ADSEG_WORKFLOW_CONFIG)
+    chosen = {s: without_result_neutral(config, s) for s in sections}
     return shlex.quote(json.dumps(chosen, sort_keys=True))
 
 
@@ -145,6 +137,7 @@ def gan_train_settings(wildcards):
     """One GAN job's settings: its task's section with only its model (so a change to another
     model reruns nothing of this one)."""
     cfg = {"gan": gan_job_settings(config, wildcards.task, wildcards.model)}
+    cfg = without_result_neutral(cfg)
     return shlex.quote(json.dumps(cfg, sort_keys=True))
 
 
@@ -152,4 +145,5 @@ def gan_modes_settings(wildcards):
     """One loss's job of the modes study (adding a loss or a change elsewhere in the config
     reruns nothing of it)."""
     cfg = {"gan": {"modes": gan_modes_job_settings(config, wildcards.loss)}}
+    cfg = without_result_neutral(cfg)
     return shlex.quote(json.dumps(cfg, sort_keys=True))

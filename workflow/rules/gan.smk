@@ -101,7 +101,7 @@ rule gan_modes:
     benchmark:
         BENCHMARKS / "gan_modes_{loss}.tsv"
     wildcard_constraints:
-        loss="|".join(GAN_LOSSES),
+        loss=r"[a-z-]+",
     conda:
         CONDA_ENV
     threads: GAN_CFG["modes"]["threads"]

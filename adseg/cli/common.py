@@ -1,0 +1,99 @@
+"""What every ``adseg`` command shares: its common options, its config, SIGTERM handling.
+
+The stage modules (:mod:`adseg.cli.data`, :mod:`adseg.cli.training`, ...) register their
+commands with :func:`add_command` and read their config with :func:`load_config_for_command`;
+this module imports nothing of theirs, nor of :mod:`adseg.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from adseg.errors import AdsegError
+
+SET_HELP = 'config settings as JSON, e.g. \'{"folds": {"n": 5}}\''
+
+
+class UserError(AdsegError):
+    """An error in what the user gave a command; printed without a traceback."""
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help_: str,
+    func: Callable[[argparse.Namespace], None],
+    example: str,
+    config: bool = True,
+    set_help: str = SET_HELP,
+) -> argparse.ArgumentParser:
+    """Add command ``name``, run by ``func(args)``, with the options every command has.
+
+    Every command takes ``-v/--verbose`` and ``--no-progress``; with ``config``, also
+    ``--config`` and ``--set`` (help text ``set_help``). Its help ends with ``example``.
+    """
+    p = subparsers.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=f"Example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug-level log messages")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=func)
+    if config:
+        p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
+        p.add_argument("--set", metavar="JSON", help=set_help)
+    return p
+
+
+def add_resume_option(p: argparse.ArgumentParser) -> None:
+    """``--resume no|yes|auto`` of the commands that train through the engine."""
+    p.add_argument(
+        "--resume",
+        choices=["no", "yes", "auto"],
+        default="no",
+        help="continue from OUT/checkpoint_last.pt (auto: when it matches; default: no)",
+    )
+
+
+def load_config_for_command(
+    path: Path | None, overrides: dict | None = None, settings: str | None = None
+) -> dict:
+    """Resolve a config from a YAML file, then JSON ``--set`` settings, then flag overrides.
+
+    Raises:
+        UserError: ``--set`` is not a JSON object, or the config does not fit the schema.
+    """
+    from adseg.config import ConfigError, deep_merge, load_config
+
+    try:
+        merged = json.loads(settings) if settings else {}
+    except json.JSONDecodeError as err:
+        raise UserError(f"--set: not valid JSON ({err})") from None
+    if not isinstance(merged, dict):
+        raise UserError(
+            '--set: expected a JSON object of config sections, e.g. \'{"folds": {"n": 5}}\''
+        )
+    try:
+        return load_config(path, deep_merge(merged, overrides or {}))
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+
+
+def exit_on_sigterm() -> None:
+    """End the process on SIGTERM as on Ctrl-C, with exit status 128 + 15.
+
+    A scheduler's SIGTERM (a job's time limit) then ends training cleanly: the last
+    checkpoint stays for ``--resume``, and the MLflow run is marked KILLED.
+    """
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)

@@ -1,0 +1,132 @@
+"""The evaluation commands: ``evaluate`` (a trained fold on its held-out patients),
+``summarize`` (the training schemes' table) and ``adda-summary`` (the ADDA study's)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from adseg.cli.common import add_command, load_config_for_command
+from adseg.log import logger
+
+EXAMPLES = {
+    "evaluate": "adseg evaluate results/default/hybrid/fold_0 "
+    "--preprocessed results/default/preprocessed -o results/default/hybrid/fold_0/metrics.tsv",
+    "summarize": "adseg summarize results/default/*/fold_*/metrics.tsv -o results/default",
+    "adda-summary": "adseg adda-summary results/adda/adda/*/fold_*/metrics.tsv "
+    "-o results/adda/adda --config config/adda.yaml",
+}
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "evaluate",
+        "Evaluate a trained fold on its held-out patients (per-case TSV).",
+        _evaluate,
+        EXAMPLES["evaluate"],
+    )
+    p.add_argument("model", type=Path, help="model fold folder (<scheme>/fold_<k>)")
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="metrics TSV to write")
+    p.add_argument("--checkpoint", choices=["final", "best"], help="default: evaluate.checkpoint")
+
+
+def _evaluate(args) -> None:
+    from adseg import tracking
+    from adseg.evaluation.cases import METRIC_COLUMNS, evaluate_fold
+    from adseg.io import write_tsv
+    from adseg.training.engine import pick_device
+
+    config = load_config_for_command(args.config, settings=args.set)
+    ev = config["evaluate"]
+    rows = evaluate_fold(
+        args.model,
+        args.preprocessed,
+        args.checkpoint or ev["checkpoint"],
+        ev["tta"],
+        ev["min_overlap"],
+        pick_device(config["train"]["device"]),
+        not args.no_progress,
+        overlays=args.model / "overlays",
+    )
+    write_tsv(args.out, rows, METRIC_COLUMNS)
+    logger.info("wrote metrics of %d case-label pairs to %s", len(rows), args.out)
+    if tracking.enabled(config):
+        overlays = sorted((args.model / "overlays").glob("*.png"))
+        tracking.log_evaluation(args.model, rows, [args.out, *overlays], ev)
+
+
+def _add_summarize(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "summarize",
+        "Tabulate evaluated folds: Kohl-style table, tests, box plots.",
+        _summarize,
+        EXAMPLES["summarize"],
+    )
+    p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs from 'adseg evaluate'")
+    p.add_argument("-o", "--out", type=Path, required=True, help="experiment folder")
+
+
+def _summarize(args) -> None:
+    from adseg import tracking
+    from adseg.evaluation.summary import summarize
+
+    config = load_config_for_command(args.config, settings=args.set)
+    path = summarize(
+        args.metrics,
+        args.out,
+        f"{config['experiment']}: segmentation by training scheme",
+        config["adversarial"]["hybrid_weight"],
+    )
+    print(path.read_text())
+    logger.info("summary: %s", path)
+    if tracking.enabled(config):
+        tracking.log_summary(args.out, args.metrics, config)
+
+
+def _add_adda_summary(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "adda-summary",
+        "Tabulate the ADDA study: source-only, ADDA variants and oracle on the target domain.",
+        _adda_summary,
+        EXAMPLES["adda-summary"],
+    )
+    p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs of the ADDA models")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the study folder (<exp>/adda)")
+
+
+def _adda_summary(args) -> None:
+    from adseg import tracking
+    from adseg.adda.summary import summarize_adda
+
+    config = load_config_for_command(args.config, settings=args.set)
+    a = config["adda"]
+    aucs = [m.parent / "domain_auc.json" for m in args.metrics]
+    path = summarize_adda(
+        args.metrics,
+        [f for f in aucs if f.is_file()],
+        args.out,
+        a["source"],
+        a["target"],
+        f"{config['experiment']}: ADDA from scanner {a['source']} to scanner {a['target']}",
+    )
+    print(path.read_text())
+    logger.info("ADDA summary: %s", path)
+    if tracking.enabled(config):
+        tracking.log_summary(
+            args.out,
+            args.metrics,
+            config,
+            lambda model: tracking.adda_parent_metrics(args.out, model),
+            ("summary.md", "summary.tsv", "tests.tsv", "domain_auc.tsv"),
+        )
+
+
+COMMANDS = {
+    "evaluate": _add_evaluate,
+    "summarize": _add_summarize,
+    "adda-summary": _add_adda_summary,
+}

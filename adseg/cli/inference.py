@@ -1,0 +1,69 @@
+"""``adseg predict``: masks for new scans from a trained model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from adseg.cli.common import add_command
+from adseg.log import logger
+
+EXAMPLE = "adseg predict -i scans/ -o masks/ -m results/default/hybrid"
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "predict",
+        "Segment new scans with a trained model folder (all folds as an ensemble).",
+        _predict,
+        EXAMPLE,
+        config=False,
+    )
+    p.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a folder of <case>_<channel:04d>.nii.gz files, or the channel files of one case "
+        "in order (or one 4-D file)",
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("-m", "--model", type=Path, required=True, help="model folder (<scheme>/)")
+    p.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: all)")
+    p.add_argument("--tta", action="store_true", help="average over mirrored inputs")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <case>_probabilities.nii.gz (float32, one volume per class)",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    p.add_argument(
+        "--quality-threshold",
+        type=float,
+        help="flag maps the discriminator scores below this (default: the model's, the 5th "
+        "percentile of its scores of expert maps)",
+    )
+
+
+def _predict(args) -> None:
+    from adseg.inference.predict import PredictOptions, predict
+
+    opts = PredictOptions(
+        folds=args.folds,
+        tta=args.tta,
+        save_probabilities=args.save_probabilities,
+        device=args.device,
+        overwrite=args.overwrite,
+        checkpoint=args.checkpoint,
+        quality_threshold=args.quality_threshold,
+        show_progress=not args.no_progress,
+    )
+    summary = predict(args.input, args.out, args.model, opts)
+    logger.info("masks in %s; per-case summary: %s", args.out, summary)
+
+
+COMMANDS = {"predict": _add_predict}
