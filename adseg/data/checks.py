@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from adseg.data.cohort import Case
-from adseg.data.layouts import ChannelSource, Problem, Problems
+from adseg.data.problems import ChannelSource, Problem, Problems
 from adseg.geometry import Grid, obliquity_deg, orientation_code
 
 OBLIQUE_WARNING_DEG = 30.0  # below this an oblique scan is routine; above, its code is a guess

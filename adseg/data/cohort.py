@@ -3,7 +3,7 @@
 Discovery works from ``dataset.json`` and file names only (plus the header of a lone ``_0000``
 file of a multi-channel nnU-Net case, which may hold every channel as a 4-D image). Reading and
 checking voxels is :mod:`adseg.data.validation`'s job. Every structural problem is collected
-as a :class:`~adseg.data.layouts.Problem`, so a user sees all of them at once instead of fixing
+as a :class:`~adseg.data.problems.Problem`, so a user sees all of them at once instead of fixing
 one per run.
 
 Where each layout keeps its files is :mod:`adseg.data.layouts`; this module reads dataset.json and
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from adseg.data.layouts import ChannelSource, Found, Problem, Problems, find_msd, find_nnunet
+from adseg.data.layouts import Found, find_msd, find_nnunet
+from adseg.data.problems import ChannelSource, Problem, Problems
 from adseg.errors import AdsegError
 from adseg.io import read_json
 

@@ -3,58 +3,22 @@
 :func:`find_nnunet` and :func:`find_msd` turn a layout's folders (and, for MSD, the ``training``
 list of dataset.json) into ``(case id, channels, label)`` triples of the complete cases. Every
 file that does not fit is reported as a :class:`Problem` instead of raising, so that
-:func:`adseg.data.cohort.discover_cohort` can list all of them at once. The types they produce,
-:class:`ChannelSource` and :class:`Problems`, live here so that :mod:`adseg.data.cohort` can
-build on them without an import cycle.
+:func:`adseg.data.cohort.discover_cohort` can list all of them at once. The types they produce
+are :mod:`adseg.data.problems`'s.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
+from adseg.data.problems import ChannelSource, Problems
 from adseg.io import strip_nifti_suffix
 
 NOT_NIFTI = "not a NIfTI file (.nii or .nii.gz)"
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-@dataclass(frozen=True)
-class ChannelSource:
-    """Where one channel of one case lives.
-
-    Attributes:
-        path: the NIfTI file.
-        index: None for a 3-D file; k for channel k (4th axis) of a 4-D file.
-    """
-
-    path: Path
-    index: int | None
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem found in a cohort, about one file (or folder)."""
-
-    level: str  # "error" | "warning"
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.level.upper():<6} {self.path}: {self.message}"
-
-
-class Problems(list):
-    """A list of :class:`Problem` with shorthands to add them."""
-
-    def error(self, path: str | Path, message: str) -> None:
-        self.append(Problem("error", str(path), message))
-
-    def warning(self, path: str | Path, message: str) -> None:
-        self.append(Problem("warning", str(path), message))
 
 
 def nifti_header_volumes(path: Path) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from adseg.config import cohort_layout
 from adseg.data.checks import CaseInfo, check_case
 from adseg.data.cohort import Case, discover_cohort
-from adseg.data.layouts import Problem
+from adseg.data.problems import Problem
 from adseg.log import parallel_map
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from adseg.data.cohort import read_channel
-from adseg.data.layouts import ChannelSource
+from adseg.data.problems import ChannelSource
 from adseg.gan.data import load_volumes, scaled, unscale
 from adseg.gan.job import FORMAT, FORMAT_VERSION
 from adseg.geometry import Grid

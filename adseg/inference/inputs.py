@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from adseg.data.layouts import ChannelSource
+from adseg.data.problems import ChannelSource
 from adseg.errors import AdsegError
 from adseg.io import strip_nifti_suffix, write_text
 

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from adseg.data.cohort import CohortError, discover_cohort, read_channel, read_channels, read_label
-from adseg.data.layouts import ChannelSource, Problem
+from adseg.data.problems import ChannelSource, Problem
 
 
 def errors(problems: list[Problem]) -> list[str]:
