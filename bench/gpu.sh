@@ -421,9 +421,10 @@ main() {
     tar --null -czf "$OUT/results-summaries.tar.gz" -T -) 2>>"$OUT/gpu.log"
   timeout 30 python3 bench/gpu_report.py "$OUT" >"$OUT/summary.txt" 2>>"$OUT/gpu.log"
   log "done in $(since "$T0") s; $(du -sh "$OUT" | cut -f1) in $OUT"
-  cat "$OUT/stages.tsv"
+  cat "$OUT/summary.txt" 2>/dev/null || cat "$OUT/stages.tsv" # the device tool shows the output's tail
 }
 
+[[ ${BASH_SOURCE[0]} != "$0" ]] && return 0 # sourced (a test of the functions): define them only
 if [[ ${1:-} == --stage ]]; then
   "stage_$2"
   exit $?
