@@ -16,7 +16,7 @@
 #   D    4 folds of gpu.yaml's hybrid scheme with `adseg train`: 4 processes sharing the GPU, then one at
 #        a time
 #   E    config/gpu-3d.yaml: one fold (hybrid) trained and evaluated on C's preprocessed data
-# B to E log `nvidia-smi dmon -s um` and the GPU memory of every process (per second) beside them.
+# Every stage logs `nvidia-smi dmon -s um -d 1` and each process's GPU memory (per second) beside it.
 # $OUT/summary.txt sums it all up (bench/gpu_report.py; rerun it on a copy of $OUT any time).
 #
 # A stage gets its budget plus whatever the stages before it left unused, never the time reserved for
