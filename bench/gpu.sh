@@ -200,7 +200,7 @@ if torch.cuda.is_available():
 EOF
   # start-up costs every job pays: a fresh interpreter importing what adseg's commands import
   local m s rc
-  for m in torch monai SimpleITK adseg.train; do
+  for m in torch monai SimpleITK adseg.training.segmentation; do
     s=$(now)
     python3 -c "import $m" 2>/dev/null
     rc=$?
