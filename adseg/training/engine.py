@@ -34,8 +34,9 @@ from monai.data import get_track_meta, set_track_meta
 from monai.utils import set_determinism
 
 from adseg import __version__
+from adseg.checkpoint import load_checkpoint, save_checkpoint
 from adseg.errors import AdsegError
-from adseg.io import atomic_path, write_tsv
+from adseg.io import write_tsv
 from adseg.log import logger, progress
 
 CHECKPOINT = "checkpoint_last.pt"
@@ -93,17 +94,6 @@ def fingerprint(settings: dict, files: Iterable[Path]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a killed job never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint's contents, read as data: tensors, state dicts and plain values only."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def resume_state(out: Path, mode: str, key: str) -> dict | None:
     """The checkpoint to resume from, per ``mode``: ``no`` starts afresh; ``yes`` needs
     ``out/checkpoint_last.pt`` with fingerprint ``key``; ``auto`` resumes when it matches and
@@ -115,7 +105,7 @@ def resume_state(out: Path, mode: str, key: str) -> dict | None:
         if mode == "yes":
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
         return None
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, required=("trainer", "history", "fingerprint"))
     if state.get("fingerprint") != key:
         message = (
             f"{path}: checkpoint from another config (scheme, fold, splits, preprocessing or "
