@@ -49,7 +49,15 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> 
             f"{path}: not an adseg checkpoint (it holds objects other than tensors and plain "
             f"values, which adseg never loads: {reason[:200]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        IndexError,
+        KeyError,
+    ) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if path.stat().st_size == 0:
             reason = "empty file"

@@ -216,7 +216,11 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
     if workflow:
         # a workflow job: its --set holds what it trains; how it runs comes from the config
         # the workflow was started with (not a rule param, so changing it reruns nothing)
-        merged = deep_merge(result_neutral_of(json.loads(workflow)), merged)
+        # only for the sections the job was given: a job checks the config it runs under,
+        # and another section's setting (adda.enabled) would bring that section's checks
+        neutral = result_neutral_of(json.loads(workflow))
+        given = {k: v for k, v in neutral.items() if k in (overrides or {})}
+        merged = deep_merge(given, merged)
     try:
         return resolve_config(merged)
     except ConfigError as err:

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,27 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc``).
+
+    Elsewhere it is read the only way POSIX offers, by setting it and setting it back (under
+    a lock, and to a strict 077 meanwhile: a file another thread makes in that instant is
+    private rather than open to all).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
 
 
 @contextlib.contextmanager
@@ -32,7 +54,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         suffix: suffix of the temporary file. Defaults to the destination's full suffix, so
             writers that choose a format by extension (SimpleITK: ``.nii.gz``) keep working.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. The file
+    gets the mode a plain ``open`` would give it (0644 under the usual umask 022), not the
+    0600 of a temporary file, so a group's shared results folder stays readable by the group.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +67,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~umask())
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
@@ -54,12 +79,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` on success.
 
-    An existing ``path`` is removed only after the new folder is complete.
+    An existing ``path`` is removed only after the new folder is complete. The folder gets
+    the mode a plain ``mkdir`` would give it (0755 under umask 022), not 0700.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~umask())
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))

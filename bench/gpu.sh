@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One-shot measurement of adseg on a lent GPU machine (one NVIDIA GPU, 16 CPU cores, Python 3.12 with
 # torch, numpy, scipy, matplotlib, pyyaml, tqdm and psutil; no network, no MLflow). From the repository
-# root, with .gpu/site.tar.xz (../shared/tools/gpu-kit.sh) and .gpu/extra/*.whl beside it:
+# root, with .gpu/site.tar.xz (../shared/tools/gpu-kit.sh) and .gpu/extra/*.whl beside it (the kit lacks
+# wrapt, tabulate and attrs, which Snakemake needs; fetch their Python 3.12 wheels with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     --platform any -d .gpu/extra wrapt tabulate attrs
+# and carry .gpu along with the checkout):
 #
 #   OUT=/some/folder bash bench/gpu.sh        # results in $OUT (default ./gpu-out), under ~520 s in all
 #   ADSEG_GPU_DRY=1 bash bench/gpu.sh         # the same stages on this CPU at tiny sizes: tests this script

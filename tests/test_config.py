@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,40 @@ def test_patient_regex_is_checked_up_front():
     with pytest.raises(ConfigError, match="is not a regular expression"):
         resolve_config({"dataset": {"patient_regex": "^(p"}})
     assert resolve_config({"dataset": {"patient_regex": "^(p\\d+)_"}})["dataset"]["patient_regex"]
+
+
+def test_result_neutral_settings_are_marked_once_in_the_schema():
+    from adseg.config import result_neutral, without_result_neutral
+
+    marked = set(result_neutral())
+    assert {("train", "threads"), ("train", "device"), ("preprocess", "workers")} <= marked
+    assert ("train", "lr") not in marked
+    config = resolve_config({})
+    train = without_result_neutral(config, "train")
+    assert "lr" in train and not {"threads", "workers", "device", "amp", "val_every"} & set(train)
+    gan = without_result_neutral(config)["gan"]
+    assert "device" not in gan and "sample_every" not in gan["synthesis"]
+    assert config["train"]["threads"] == 1  # the copy left the config alone
+
+
+def test_a_workflow_job_takes_result_neutral_settings_of_its_own_sections(monkeypatch):
+    """A job's --set holds what it trains; how it runs comes from the workflow's config, and
+    only for the sections the job was given (a job checks the whole config it runs under)."""
+    from adseg.config import ENV_CONFIG
+
+    workflow = resolve_config({"train": {"workers": 3, "device": "cpu", "epochs": 7}})
+    monkeypatch.setenv(ENV_CONFIG, json.dumps(workflow))
+    job = load_config(None, {"train": {"lr": 0.01}})
+    assert (job["train"]["workers"], job["train"]["device"], job["train"]["lr"]) == (3, "cpu", 0.01)
+    assert job["train"]["epochs"] == 40  # not neutral: only what --set gave (the default)
+    cohort_job = load_config(None, {"dataset": {"source": "synthetic"}})
+    assert cohort_job["train"]["workers"] == 0
+
+
+def test_the_adda_switch_is_the_workflows_not_a_jobs():
+    """adda.enabled needs an encoder-splitting network; a job given the adda section without
+    the train section (adda-summary) must not see it, so the workflow leaves it out."""
+    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert 'chosen.get("adda", {}).pop("enabled", None)' in text
+    with pytest.raises(ConfigError, match="adda.enabled"):
+        resolve_config({"adda": {"enabled": True}})

@@ -1,4 +1,5 @@
-"""What every ``adseg`` command shares: its common options, its config, SIGTERM handling.
+"""What every ``adseg`` command shares: its common options, its config, SIGTERM handling,
+and what the output guard (:mod:`adseg.guard`) needs to know of a command's inputs.
 
 The stage modules (:mod:`adseg.cli.data`, :mod:`adseg.cli.training`, ...) register their
 commands with :func:`add_command` and read their config with :func:`load_config_for_command`;
@@ -8,6 +9,7 @@ this module imports nothing of theirs, nor of :mod:`adseg.cli`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 from collections.abc import Callable
@@ -60,6 +62,54 @@ def add_resume_option(p: argparse.ArgumentParser) -> None:
         default="no",
         help="continue from OUT/checkpoint_last.pt (auto: when it matches; default: no)",
     )
+
+
+def add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of the commands that write into a folder."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into OUT even when it holds files adseg did not write (they are left alone)",
+    )
+
+
+def read_inputs(args: argparse.Namespace, *paths: Path | None) -> list[Path]:
+    """What a command reads, for the output guard: ``paths`` and its ``--config`` file."""
+    given = [*paths, getattr(args, "config", None)]
+    return [Path(p) for p in given if p is not None]
+
+
+def cohort_of(preprocessed: Path) -> list[Path]:
+    """The cohort a preprocessed folder was made from (its ``dataset.json`` names it), as an
+    input to guard; none when that cannot be read (the command itself then says why)."""
+    try:
+        source = json.loads((Path(preprocessed) / "dataset.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [Path(source)] if isinstance(source, str) and source else []
+
+
+def model_files(model: Path) -> list[Path]:
+    """The files of a model folder an evaluation reads and must never write over: every file
+    but a TSV (an earlier evaluation's, which a rerun replaces), and its training log."""
+    if not model.is_dir():
+        return [model]
+    files = [p for p in model.iterdir() if p.is_file() and p.suffix != ".tsv"]
+    return [*files, model / "training_log.tsv"]
+
+
+def check_study(
+    out: Path, command: str, results: list[Path], writes: tuple[str, ...], args
+) -> contextlib.AbstractContextManager[Path]:
+    """Guard a summary's folder (:func:`adseg.guard.writing`): the study folder that holds
+    the ``results`` it tabulates is adseg's; any other folder holding files needs
+    ``--overwrite``; none of the files it ``writes`` may be one of the ``results``."""
+    from adseg.guard import check_file, within, writing
+
+    for name in writes:
+        check_file(out / name, results)
+    overwrite = args.overwrite or within(results, out)
+    return writing(out, command, read_inputs(args), overwrite)
 
 
 def load_config_for_command(

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import yaml
 
-from adseg.cli.common import UserError, add_command, load_config_for_command
+from adseg.cli.common import (
+    UserError,
+    add_command,
+    cohort_of,
+    load_config_for_command,
+    read_inputs,
+)
 from adseg.log import logger
 
 EXAMPLES = {
@@ -31,7 +37,11 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         EXAMPLES["synth-cohort"],
         config=False,
     )
-    p.add_argument("out", type=Path, help="output folder (replaced atomically)")
+    p.add_argument(
+        "out",
+        type=Path,
+        help="output folder (replaced atomically; it must be new, empty or written by adseg)",
+    )
     p.add_argument("--n-patients", type=int, default=40, help="number of patients (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -54,6 +64,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _synth(args) -> None:
+    # generate_cohort checks OUT (adseg.guard) before it renders anything
     from adseg.data.synthetic import generate_cohort
 
     dataset = generate_cohort(
@@ -87,9 +98,12 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 def _validate(args) -> None:
     from adseg.data.validation import validate_with_config
+    from adseg.guard import check_file
     from adseg.io import write_json
 
     config = load_config_for_command(args.config, settings=args.set)
+    if args.report:
+        check_file(args.report, read_inputs(args, args.dataset))
     report = validate_with_config(args.dataset, config, args.workers, not args.no_progress)
     if args.report:
         write_json(args.report, report.to_dict())
@@ -108,7 +122,12 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dataset", type=Path, help="nnU-Net raw or MSD task folder")
     p.add_argument(
-        "-o", "--out", type=Path, required=True, help="preprocessed folder (replaced atomically)"
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        help="preprocessed folder (replaced atomically; it must be new, empty or written by "
+        "adseg, and apart from the cohort)",
     )
     p.add_argument("--validation", type=Path, help="a report from 'adseg validate' of this cohort")
     p.add_argument("--workers", type=int, help="processes (default: preprocess.workers)")
@@ -116,10 +135,12 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
 
 def _preprocess(args) -> None:
     from adseg.data.validation import ValidationReport
+    from adseg.guard import check_output
     from adseg.io import read_json
     from adseg.preprocessing.cohort import prepare_cohort
 
     config = load_config_for_command(args.config, settings=args.set)
+    check_output(args.out, read_inputs(args, args.dataset, args.validation), replaces=True)
     report = None
     if args.validation:
         try:
@@ -162,14 +183,17 @@ def _splits(args) -> None:
         make_splits,
         validate_splits,
     )
+    from adseg.guard import check_file
     from adseg.io import read_json, write_json
 
     overrides = {
         "folds": {k: v for k, v in (("n", args.folds), ("seed", args.seed)) if v is not None}
     }
     config = load_config_for_command(args.config, overrides, args.set)
-    cases = case_meta_from_dataset(read_json(args.preprocessed / "dataset.json"))
     user_file = args.file or (Path(config["folds"]["file"]) if config["folds"]["file"] else None)
+    inputs = [args.preprocessed, user_file, *cohort_of(args.preprocessed)]
+    check_file(args.out, read_inputs(args, *inputs))
+    cases = case_meta_from_dataset(read_json(args.preprocessed / "dataset.json"))
     if user_file:
         splits = validate_splits(read_json(user_file), cases, str(user_file))
     else:
@@ -188,11 +212,21 @@ def _add_qc(sub: argparse._SubParsersAction) -> None:
         EXAMPLES["qc"],
     )
     p.add_argument("preprocessed", type=Path, help="folder written by 'adseg preprocess'")
-    p.add_argument("-o", "--out", type=Path, required=True, help="folder for the PNG files")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for the PNG files (replaced atomically; it must be new, empty or written "
+        "by adseg)",
+    )
 
 
 def _qc(args) -> None:
+    from adseg.guard import check_output
     from adseg.preprocessing.qc import qc_report
+
+    check_output(args.out, read_inputs(args, args.preprocessed), replaces=True)
 
     written = qc_report(args.preprocessed, args.out, not args.no_progress)
     logger.info("wrote %d QC figures to %s", len(written), args.out)

@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adseg.cli.common import add_command, load_config_for_command
+from adseg.cli.common import (
+    add_command,
+    add_overwrite_option,
+    check_study,
+    cohort_of,
+    load_config_for_command,
+    model_files,
+    read_inputs,
+)
 from adseg.log import logger
 
 EXAMPLES = {
@@ -35,10 +43,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args) -> None:
     from adseg import tracking
     from adseg.evaluation.cases import METRIC_COLUMNS, evaluate_fold
+    from adseg.guard import check_file
     from adseg.io import write_tsv
     from adseg.training.engine import pick_device
 
     config = load_config_for_command(args.config, settings=args.set)
+    # the TSV may go into the model folder (adseg's), never onto a file of the model, into
+    # the preprocessed folder or into the cohort
+    inputs = [args.preprocessed, *cohort_of(args.preprocessed), *model_files(args.model)]
+    check_file(args.out, read_inputs(args, *inputs))
     ev = config["evaluate"]
     rows = evaluate_fold(
         args.model,
@@ -67,6 +80,7 @@ def _add_summarize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs from 'adseg evaluate'")
     p.add_argument("-o", "--out", type=Path, required=True, help="experiment folder")
+    add_overwrite_option(p)
 
 
 def _summarize(args) -> None:
@@ -74,12 +88,14 @@ def _summarize(args) -> None:
     from adseg.evaluation.summary import summarize
 
     config = load_config_for_command(args.config, settings=args.set)
-    path = summarize(
-        args.metrics,
-        args.out,
-        f"{config['experiment']}: segmentation by training scheme",
-        config["adversarial"]["hybrid_weight"],
-    )
+    writes = ("summary.md", "summary.tsv", "tests.tsv")
+    with check_study(args.out, "summarize", args.metrics, writes, args):
+        path = summarize(
+            args.metrics,
+            args.out,
+            f"{config['experiment']}: segmentation by training scheme",
+            config["adversarial"]["hybrid_weight"],
+        )
     print(path.read_text())
     logger.info("summary: %s", path)
     if tracking.enabled(config):
@@ -96,6 +112,7 @@ def _add_adda_summary(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("metrics", type=Path, nargs="+", help="metrics TSVs of the ADDA models")
     p.add_argument("-o", "--out", type=Path, required=True, help="the study folder (<exp>/adda)")
+    add_overwrite_option(p)
 
 
 def _adda_summary(args) -> None:
@@ -105,14 +122,17 @@ def _adda_summary(args) -> None:
     config = load_config_for_command(args.config, settings=args.set)
     a = config["adda"]
     aucs = [m.parent / "domain_auc.json" for m in args.metrics]
-    path = summarize_adda(
-        args.metrics,
-        [f for f in aucs if f.is_file()],
-        args.out,
-        a["source"],
-        a["target"],
-        f"{config['experiment']}: ADDA from scanner {a['source']} to scanner {a['target']}",
-    )
+    aucs = [f for f in aucs if f.is_file()]
+    writes = ("summary.md", "summary.tsv", "tests.tsv", "domain_auc.tsv")
+    with check_study(args.out, "adda-summary", [*args.metrics, *aucs], writes, args):
+        path = summarize_adda(
+            args.metrics,
+            aucs,
+            args.out,
+            a["source"],
+            a["target"],
+            f"{config['experiment']}: ADDA from scanner {a['source']} to scanner {a['target']}",
+        )
     print(path.read_text())
     logger.info("ADDA summary: %s", path)
     if tracking.enabled(config):

@@ -12,9 +12,14 @@ from pathlib import Path
 
 from adseg.cli.common import (
     add_command,
+    add_overwrite_option,
     add_resume_option,
+    check_study,
+    cohort_of,
     exit_on_sigterm,
     load_config_for_command,
+    model_files,
+    read_inputs,
 )
 from adseg.log import logger
 
@@ -66,29 +71,33 @@ def _add_train(tasks: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="model folder of this fold")
     p.add_argument("--threads", type=int, help="CPU threads (overrides gan.threads)")
     add_resume_option(p)
+    add_overwrite_option(p)
 
 
 def _train(args) -> None:
     from adseg import tracking
     from adseg.gan.synthesis import train_synthesis
     from adseg.gan.translation import train_translation
+    from adseg.guard import writing
 
     config = load_config_for_command(args.config, settings=args.set)
-    tracker = tracking.FoldRun(config) if tracking.enabled(config) else None
-    exit_on_sigterm()
-    train = train_synthesis if args.task == "synthesis" else train_translation
-    spec = train(
-        config,
-        args.model,
-        args.fold,
-        args.preprocessed,
-        args.splits,
-        args.out,
-        args.resume,
-        not args.no_progress,
-        tracker,
-        args.threads,
-    )
+    inputs = read_inputs(args, args.preprocessed, args.splits, *cohort_of(args.preprocessed))
+    with writing(args.out, "gan train", inputs, args.overwrite):
+        tracker = tracking.FoldRun(config) if tracking.enabled(config) else None
+        exit_on_sigterm()
+        train = train_synthesis if args.task == "synthesis" else train_translation
+        spec = train(
+            config,
+            args.model,
+            args.fold,
+            args.preprocessed,
+            args.splits,
+            args.out,
+            args.resume,
+            not args.no_progress,
+            tracker,
+            args.threads,
+        )
     logger.info(
         "%s fold %d: %d epochs; model in %s",
         spec["name"],
@@ -114,9 +123,12 @@ def _evaluate(args) -> None:
     from adseg import tracking
     from adseg.gan.inference import evaluate_translation
     from adseg.gan.translation import METRIC_COLUMNS
+    from adseg.guard import check_file
     from adseg.io import write_tsv
 
     config = load_config_for_command(args.config, settings=args.set)
+    inputs = [args.preprocessed, *cohort_of(args.preprocessed), *model_files(args.model)]
+    check_file(args.out, read_inputs(args, *inputs))
     rows = evaluate_translation(
         args.model, args.preprocessed, config["gan"]["device"], not args.no_progress
     )
@@ -134,6 +146,7 @@ def _add_summary(tasks: argparse._SubParsersAction) -> None:
     p.add_argument("--synthesis", type=Path, nargs="*", default=[], help="synthesis model.json")
     p.add_argument("--translation", type=Path, nargs="*", default=[], help="translation TSVs")
     p.add_argument("-o", "--out", type=Path, required=True, help="the GAN folder (<exp>/gan)")
+    add_overwrite_option(p)
 
 
 def _summary(args) -> None:
@@ -142,7 +155,10 @@ def _summary(args) -> None:
 
     config = load_config_for_command(args.config, settings=args.set)
     title = f"{config['experiment']}: GAN synthesis and translation"
-    path = summarize_gan(args.synthesis, args.translation, args.out, title)
+    results = [*args.synthesis, *args.translation]
+    writes = ("summary.md", "summary.tsv", "tests.tsv", "synthesis.tsv")
+    with check_study(args.out, "gan summary", results, writes, args):
+        path = summarize_gan(args.synthesis, args.translation, args.out, title)
     print(path.read_text())
     logger.info("GAN summary: %s", path)
     if tracking.enabled(config):
@@ -167,14 +183,24 @@ def _add_sample(tasks: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int, help="which fold's generator (default: the first)")
     p.add_argument("--format", choices=["nifti", "png", "both"], default="both")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_overwrite_option(p)
+
+
+# what `gan sample` writes: a folder holding only these is an earlier draw's, to replace
+SAMPLE_FILES = ("sample_*.nii.gz", "samples.png")
 
 
 def _sample(args) -> None:
     from adseg.gan.inference import write_samples
+    from adseg.guard import check_output, only_names
 
     formats = ("nifti", "png") if args.format == "both" else (args.format,)
     if args.n < 1:
         raise ValueError(f"-n {args.n}: draw at least one sample")
+    # no marker here: the folder holds the samples alone (an earlier draw's sample files
+    # are replaced, so one into a folder of anyone else's needs --overwrite)
+    earlier = args.out.is_dir() and only_names(args.out, SAMPLE_FILES)
+    check_output(args.out, [args.model], args.overwrite or earlier)
     written = write_samples(
         args.model, args.n, args.out, args.seed, args.label, args.fold, args.device, formats
     )
@@ -202,21 +228,28 @@ def _add_translate(tasks: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--folds", type=int, nargs="+", help="folds to average (default: all)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo cases already written; also write into OUT when it holds files adseg did "
+        "not write (they are left alone)",
+    )
 
 
 def _translate(args) -> None:
     from adseg.gan.inference import translate_scans
+    from adseg.guard import writing
 
-    summary = translate_scans(
-        args.input,
-        args.out,
-        args.model,
-        args.folds,
-        args.device,
-        args.overwrite,
-        not args.no_progress,
-    )
+    with writing(args.out, "gan translate", [args.model, *args.input], args.overwrite):
+        summary = translate_scans(
+            args.input,
+            args.out,
+            args.model,
+            args.folds,
+            args.device,
+            args.overwrite,
+            not args.no_progress,
+        )
     logger.info("translations in %s; per-case summary: %s", args.out, summary)
 
 
@@ -243,25 +276,28 @@ def _add_modes(tasks: argparse._SubParsersAction) -> None:
         action="store_true",
         help="only gather the losses already in OUT (or --losses) into modes.md",
     )
+    add_overwrite_option(p)
 
 
 def _modes(args) -> None:
     from adseg import tracking
     from adseg.gan.modes import run_modes_job, summarize_modes
+    from adseg.guard import writing
 
     flags = ("losses", "seeds", "steps", "threads")
     given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     # the flags are checked by the schema as the config's own values are
     config = load_config_for_command(args.config, {"gan": {"modes": given}}, args.set)
     losses = config["gan"]["modes"]["losses"]
-    if not args.summary_only:
-        track = tracking.enabled(config)
-        for loss in losses:
-            run_modes_job(config, loss, args.out, not args.no_progress, track)
-    if not args.no_summary:
-        path = summarize_modes(args.out, args.losses)
-        print(path.read_text())
-        logger.info("mode coverage table: %s", path)
+    with writing(args.out, "gan modes", read_inputs(args), args.overwrite):
+        if not args.summary_only:
+            track = tracking.enabled(config)
+            for loss in losses:
+                run_modes_job(config, loss, args.out, not args.no_progress, track)
+        if not args.no_summary:
+            path = summarize_modes(args.out, args.losses)
+            print(path.read_text())
+            logger.info("mode coverage table: %s", path)
 
 
 COMMANDS = {"gan": _add_gan}

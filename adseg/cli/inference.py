@@ -9,6 +9,19 @@ from adseg.cli.common import add_command
 from adseg.log import logger
 
 EXAMPLE = "adseg predict -i scans/ -o masks/ -m results/default/hybrid"
+DESCRIPTION = """\
+Segment new scans with a trained model folder (all folds as an ensemble).
+
+The channels the model expects, and their order, are read from its model.json
+(channel_names, e.g. 0000 T2w, 0001 ADC, 0002 DWI) and logged at the start: give
+exactly those channels, each once, in that order (a folder: <case>_<channel:04d>.nii.gz).
+Scans are checked before anything is written: readable and complete, not empty or
+constant, and each channel in world register with the reference channel.
+
+The output folder is never an input, inside one or holding one. predictions.csv records
+per case the fingerprints of the model and of the input files; a rerun skips a finished
+case made from the same ones, and refuses one made from another model or other files
+unless --overwrite."""
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +33,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         EXAMPLE,
         config=False,
     )
+    p.description = DESCRIPTION
     p.add_argument(
         "-i",
         "--input",
@@ -27,9 +41,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         required=True,
         help="a folder of <case>_<channel:04d>.nii.gz files, or the channel files of one case "
-        "in order (or one 4-D file)",
+        "in the model's channel order (or one 4-D file); the channels and their order are "
+        "read from the model's model.json (channel_names)",
     )
-    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (not an input, nor inside or around one)",
+    )
     p.add_argument("-m", "--model", type=Path, required=True, help="model folder (<scheme>/)")
     p.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: all)")
     p.add_argument("--tta", action="store_true", help="average over mirrored inputs")
@@ -40,7 +61,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
-    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo cases already written, also those made from another model or other files",
+    )
     p.add_argument(
         "--quality-threshold",
         type=float,
@@ -50,6 +75,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args) -> None:
+    from adseg.guard import check_output
+
+    # the guard first: it needs no torch, so a wrong -o is refused at once
+    check_output(args.out, [*args.input, args.model], overwrite=args.overwrite)
     from adseg.inference.predict import PredictOptions, predict
 
     opts = PredictOptions(

@@ -13,9 +13,12 @@ from pathlib import Path
 
 from adseg.cli.common import (
     add_command,
+    add_overwrite_option,
     add_resume_option,
+    cohort_of,
     exit_on_sigterm,
     load_config_for_command,
+    read_inputs,
 )
 from adseg.log import logger
 
@@ -56,31 +59,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(dataset.json 'domain'); evaluation still covers every held-out case",
     )
     p.add_argument("--name", help="the model's name in results and MLflow (default: the scheme)")
+    add_overwrite_option(p)
 
 
 def _train(args) -> None:
     from adseg import tracking
+    from adseg.guard import writing
     from adseg.training.segmentation import train_fold
 
     overrides = {"train": {"threads": args.threads}} if args.threads else None
     config = load_config_for_command(args.config, overrides, args.set)
-    tracker = None
-    if tracking.enabled(config):
-        tracker = tracking.FoldRun(config)
-    exit_on_sigterm()
-    spec = train_fold(
-        config,
-        args.scheme,
-        args.fold,
-        args.preprocessed,
-        args.splits,
-        args.out,
-        args.resume,
-        not args.no_progress,
-        tracker,
-        args.domains,
-        args.name,
-    )
+    inputs = read_inputs(args, args.preprocessed, args.splits, *cohort_of(args.preprocessed))
+    with writing(args.out, "train", inputs, args.overwrite):
+        tracker = None
+        if tracking.enabled(config):
+            tracker = tracking.FoldRun(config)
+        exit_on_sigterm()
+        spec = train_fold(
+            config,
+            args.scheme,
+            args.fold,
+            args.preprocessed,
+            args.splits,
+            args.out,
+            args.resume,
+            not args.no_progress,
+            tracker,
+            args.domains,
+            args.name,
+        )
     logger.info(
         "%s fold %d: %d epochs, final validation Dice %s; model in %s",
         args.name or args.scheme,
@@ -112,28 +119,34 @@ def _add_adda(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="adapted model folder")
     p.add_argument("--threads", type=int, help="CPU threads (overrides train.threads)")
     add_resume_option(p)
+    add_overwrite_option(p)
 
 
 def _adda(args) -> None:
     from adseg import tracking
     from adseg.adda.train import adapt_fold
+    from adseg.guard import writing
 
     overrides = {"train": {"threads": args.threads}} if args.threads else None
     config = load_config_for_command(args.config, overrides, args.set)
-    tracker = tracking.FoldRun(config) if tracking.enabled(config) else None
-    exit_on_sigterm()
-    spec = adapt_fold(
-        config,
-        args.variant,
-        args.fold,
-        args.preprocessed,
-        args.splits,
-        args.source_model,
-        args.out,
-        args.resume,
-        not args.no_progress,
-        tracker,
+    inputs = read_inputs(
+        args, args.preprocessed, args.splits, args.source_model, *cohort_of(args.preprocessed)
     )
+    with writing(args.out, "adda", inputs, args.overwrite):
+        tracker = tracking.FoldRun(config) if tracking.enabled(config) else None
+        exit_on_sigterm()
+        spec = adapt_fold(
+            config,
+            args.variant,
+            args.fold,
+            args.preprocessed,
+            args.splits,
+            args.source_model,
+            args.out,
+            args.resume,
+            not args.no_progress,
+            tracker,
+        )
     auc = json.loads((args.out / "domain_auc.json").read_text())
     logger.info(
         "%s fold %d: %d epochs; domain AUC %s before, %s after; model in %s",

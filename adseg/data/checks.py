@@ -4,7 +4,9 @@ Each file is read with SimpleITK's NIfTI reader (header first, then voxels). Two
 hides are checked by hand: it fills a truncated file's missing voxels with zeros, so the size
 of the voxel data is checked against the header (for .nii.gz by decompressing the whole stream,
 which also checks its CRC); and it reads NaN/inf as 0, so floating-point voxels are counted
-with nibabel. What validation learns about a case (grids, label values, intensities) is kept in a
+with nibabel. Each channel is placed against the first (reference) channel in world space: too
+little overlap is an error, a field of view shifted by more than a reference voxel a warning.
+What validation learns about a case (grids, label values, intensities) is kept in a
 :class:`CaseInfo`, so the fingerprint and QC need not read the files again.
 """
 
@@ -27,6 +29,7 @@ from adseg.geometry import Grid, obliquity_deg, orientation_code
 
 OBLIQUE_WARNING_DEG = 30.0  # below this an oblique scan is routine; above, its code is a guess
 MIN_CHANNEL_OVERLAP = 0.5  # of the reference channel's world bounding box
+MAX_CHANNEL_SHIFT_VOXELS = 1.0  # of the coarser channel, between centres of the fields of view
 FLOAT_PIXELS = (sitk.sitkFloat32, sitk.sitkFloat64)
 
 
@@ -79,7 +82,7 @@ def check_case(
             _geometry_warnings(grids[c], source.path, anisotropy_warning, problems)
             checked.add(source.path)
         if c > 0 and ref is not None:
-            _check_overlap(grids[c], ref, source.path, name, ref_name, problems)
+            check_placement(grids[c], ref, source.path, name, ref_name, problems)
     label_grid, values, voxels = None, [], {}
     label = None if case.label is None else _read_label(case.label, problems)
     if label is not None:
@@ -253,8 +256,12 @@ def _geometry_warnings(grid: Grid, path: Path, limit: float, problems: Problems)
 
 def _check_overlap(
     grid: Grid, ref: Grid, path: Path, name: str, ref_name: str, problems: Problems
-) -> None:
-    """Error if a channel's world bounding box covers too little of the reference channel's."""
+) -> bool:
+    """Error if a channel's world bounding box covers too little of the reference channel's.
+
+    Returns:
+        True when the overlap is enough (no error).
+    """
     a, b = ref.corners(), grid.corners()
     lo, hi = np.maximum(a.min(0), b.min(0)), np.minimum(a.max(0), b.max(0))
     fraction = np.prod(np.clip(hi - lo, 0, None)) / np.prod(a.max(0) - a.min(0))
@@ -264,6 +271,51 @@ def _check_overlap(
             f"{name} overlaps only {100 * fraction:.0f} % of {ref_name} in world space "
             f"(bounding boxes; at least {100 * MIN_CHANNEL_OVERLAP:.0f} % needed)",
         )
+        return False
+    return True
+
+
+def _channel_shift(grid: Grid, ref: Grid) -> np.ndarray:
+    """Shift of ``grid``'s field of view against ``ref``'s, in ``ref``'s voxels along its axes.
+
+    The shift is that of the physical centre of each grid's extent (the world position of the
+    middle of its voxel cuboid), expressed along ``ref``'s voxel axes in units of ``ref``'s
+    spacing. Centres are compared, not origins: the origin is the centre of voxel (0, 0, 0), so
+    two channels covering the same field of view with different voxel sizes (T2w at 0.6 mm, ADC
+    at 2 mm) or different orientations (RAS vs LPS, where voxel 0 sits at opposite corners) have
+    different origins but one centre; and a channel with a smaller field of view planned on the
+    same point (the usual scanner protocol) keeps its centre too.
+    """
+    centre = grid.index_to_world(((np.asarray(grid.size) - 1) / 2)[None])
+    return ref.world_to_index(centre)[0] - (np.asarray(ref.size) - 1) / 2
+
+
+def _check_shift(
+    grid: Grid, ref: Grid, path: Path, name: str, ref_name: str, problems: Problems
+) -> None:
+    """Warn if a channel's field of view is shifted by more than a voxel of the coarser of
+    the two channels (along any of the reference's axes).
+
+    A shifted header origin (a channel exported with the wrong position, or moved by hand)
+    leaves enough overlap to pass :func:`_check_overlap` but puts the channels' anatomy out of
+    register; resampling onto one grid would keep that shift. See :func:`_channel_shift`. The
+    coarser channel's voxel is the unit because a shift below it cannot show in that channel
+    (the synthetic cohort places ADC/DWI fields of view up to 3 mm off the T2w's centre, as
+    planning does; an ADC voxel is 2 x 2 x 3 mm).
+    """
+    voxels = _channel_shift(grid, ref)
+    shift_mm = voxels * np.asarray(ref.spacing)
+    voxel_mm = np.maximum(np.asarray(ref.spacing), max(grid.spacing))
+    if np.all(np.abs(shift_mm) <= MAX_CHANNEL_SHIFT_VOXELS * voxel_mm + 1e-6):
+        return
+    mm = float(np.linalg.norm(shift_mm))
+    shown = ", ".join(f"{v:.1f}" for v in shift_mm)
+    problems.warning(
+        path,
+        f"{name} is shifted {mm:.1f} mm against {ref_name} ({shown} mm along {ref_name}'s "
+        f"axes; more than a voxel of the coarser channel): centres of the fields of view "
+        "differ, check that the channels are registered",
+    )
 
 
 def grid_mismatch(grid: Grid, ref: Grid, tolerance: float) -> str:
@@ -318,3 +370,13 @@ def _label_values(
     if not any(v != 0 for v in found):
         problems.warning(path, "label is empty (no foreground voxels)")
     return sorted(found), {name: found.get(value, 0) for name, value in labels.items()}
+
+
+def check_placement(
+    grid: Grid, ref: Grid, path: Path, name: str, ref_name: str, problems: Problems
+) -> None:
+    """Validation's world-space checks of one channel against the reference channel, for
+    commands that read scans outside a cohort (``adseg predict``): too little overlap is an
+    error, a field of view shifted by more than a reference voxel a warning."""
+    if _check_overlap(grid, ref, path, name, ref_name, problems):
+        _check_shift(grid, ref, path, name, ref_name, problems)

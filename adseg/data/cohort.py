@@ -6,8 +6,9 @@ checking voxels is :mod:`adseg.data.validation`'s job. Every structural problem 
 as a :class:`~adseg.data.problems.Problem`, so a user sees all of them at once instead of fixing
 one per run.
 
-Where each layout keeps its files is :mod:`adseg.data.layouts`; this module reads dataset.json and
-turns what it finds into :class:`Case` objects.
+Where each layout keeps its files is :mod:`adseg.data.layouts` (which also refuses dataset.json
+paths that lead outside the dataset folder and checks ``numTraining``); this module reads
+dataset.json and turns what it finds into :class:`Case` objects.
 
 A case with a missing channel file is reported and left out of :attr:`Cohort.cases`; a case
 without a label is kept (``label=None``) so its images are still checked.
@@ -107,10 +108,12 @@ def discover_cohort(
     labels = _labels(json_path, dataset["labels"], chosen == "msd", problems)
     if names is None:
         return Cohort(root, chosen, [], labels, []), problems
+    declared = dataset.get("numTraining")  # checked against the cases found, as nnU-Net does
     if chosen == "nnunet":
-        found = find_nnunet(root, dataset.get("file_ending", ".nii.gz"), names, problems)
+        ending = dataset.get("file_ending", ".nii.gz")
+        found = find_nnunet(root, ending, names, problems, declared)
     else:
-        found = find_msd(root, dataset["training"], len(names), problems)
+        found = find_msd(root, dataset["training"], len(names), problems, declared)
     cases = _make_cases(json_path, dataset.get("cases", {}), found, pattern, problems)
     return Cohort(root, chosen, names, labels, cases), problems
 

@@ -37,6 +37,7 @@ from adseg.data.phantom import (
     scanner_profile,
 )
 from adseg.geometry import Grid, obliquity_deg, orientation_code
+from adseg.guard import check_output, claim
 from adseg.io import atomic_dir, write_image, write_json
 from adseg.log import parallel_map
 
@@ -58,11 +59,13 @@ def generate_cohort(
     """Write the synthetic cohort to ``out_dir`` in nnU-Net v2 raw layout.
 
     The cohort is built in a temporary folder beside ``out_dir`` (:func:`adseg.io.atomic_dir`)
-    that replaces it only once complete. Patient ``i`` (from 1) depends only on ``seed`` and
-    ``i``, so a smaller cohort is a prefix of a larger one and ``workers`` changes nothing.
+    that replaces it only once complete, and only when it is new, empty or adseg's (a folder
+    holding anyone else's files is refused: :func:`adseg.guard.check_output`). Patient ``i``
+    (from 1) depends only on ``seed`` and ``i``, so a smaller cohort is a prefix of a larger
+    one and ``workers`` changes nothing.
 
     Args:
-        out_dir: destination folder (replaced if it exists).
+        out_dir: destination folder (replaced if it exists and is adseg's).
         n_patients: number of patients (>= 1).
         seed: non-negative integer seed.
         labels: label set, a key of :data:`adseg.data.phantom.LABEL_SETS`.
@@ -78,14 +81,17 @@ def generate_cohort(
 
     Raises:
         ValueError: on an unknown label set or an out-of-range number, naming what is allowed.
+        OutputError: ``out_dir`` holds files adseg did not write.
     """
     _check_args(n_patients, seed, labels, two_visit_fraction, domain_b_fraction, workers)
     scanner_profile("A", domain_shift)  # an unknown shift fails here, before any work
+    check_output(out_dir, [], replaces=True)
     patients = [
         sample_patient(seed, i, two_visit_fraction, domain_b_fraction, domain_shift)
         for i in range(1, n_patients + 1)
     ]
     with atomic_dir(out_dir) as root:
+        claim(root, "synth-cohort")
         cases: dict[str, dict] = {}
         jobs = [(p, root, labels) for p in patients]
         for meta in parallel_map(_write_patient, jobs, workers, "synth-cohort", progress):

@@ -34,7 +34,7 @@ from adseg.inference.inputs import (
     read_summary,
     write_summary,
 )
-from adseg.inference.modelfolder import ModelError, read_model
+from adseg.inference.modelfolder import ModelError, fit_weights, load_weights, read_model
 from adseg.inference.predict import check_writable, write_like
 from adseg.io import read_json, write_image
 from adseg.log import logger, progress
@@ -63,9 +63,8 @@ class GanModel:
         )
         net = build(self.spec)
         path = self.folder / "checkpoint_final.pt"
-        if not path.is_file():
-            raise ModelError(f"{path}: missing; is training of this fold finished?")
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["generator"])
+        # read as data, never code; a bad file is named (ModelError, CheckpointError)
+        fit_weights(net, load_weights(path, "generator")["generator"], path)
         return net.to(device).eval()
 
 
@@ -322,9 +321,9 @@ def translate_scans(
     models = read_gan_model(model_dir, "translation", folds)
     first = models[0].spec
     out = Path(out)
-    sources = _checked_sources(models, [Path(p) for p in inputs], out)
     dev = pick_device(device, "--device")
-    gens = [m.generator(dev) for m in models]
+    gens = [m.generator(dev) for m in models]  # a bad checkpoint stops before out is made
+    sources = _checked_sources(models, [Path(p) for p in inputs], out)
     summary = out / "translations.csv"
     rows = read_summary(summary)
     name = "{}_" + f"{first['target_index']:04d}.nii.gz"

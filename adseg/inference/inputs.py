@@ -3,6 +3,14 @@
 Both commands take a folder of ``<case>_<channel:04d>.nii.gz`` files (nnU-Net naming) or the
 files of one case, check every file before any work (:class:`PredictError` names the file and
 the problem), and keep one summary row per case in a CSV that a rerun extends.
+
+A case gets exactly the model's channels: a folder's extra channel files, two files for one
+channel, and a per-case list that is not the channels in order are refused.
+:func:`check_images` then reads every file as validation does (empty, damaged or truncated
+files, NaN/inf voxels; :func:`adseg.data.checks.read_nifti`), refuses an empty or constant
+channel, and places each channel against the reference channel in world space
+(:func:`adseg.data.checks.check_placement`: too little overlap is refused, a shift above a
+voxel is a warning).
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
-from adseg.data.problems import ChannelSource
+from adseg.data.checks import check_placement, read_nifti
+from adseg.data.problems import ChannelSource, Problems
 from adseg.errors import AdsegError
+from adseg.geometry import Grid
 from adseg.io import strip_nifti_suffix, write_text
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -80,7 +91,8 @@ def _case_from_files(case_id: str, files: list[Path], n_channels: int) -> InputC
         return InputCase(case_id, [ChannelSource(files[0], k) for k in range(n_channels)])
     if len(files) != n_channels:
         raise PredictError(
-            f"case {case_id!r}: {len(files)} channel file(s); the model needs {n_channels}"
+            f"case {case_id!r}: {len(files)} channel file(s) "
+            f"({', '.join(str(f) for f in files)}); the model needs {n_channels}"
         )
     for path in files:
         if count_volumes(path) != 1:
@@ -88,11 +100,16 @@ def _case_from_files(case_id: str, files: list[Path], n_channels: int) -> InputC
     return InputCase(case_id, [ChannelSource(p, None) for p in files])
 
 
+def _names(channel_names: list[str]) -> str:
+    return ", ".join(f"{k:04d} {name}" for k, name in enumerate(channel_names))
+
+
 def channel_files(folder: Path) -> dict[str, dict[int, Path]]:
     """A folder's NIfTI files in nnU-Net naming, by case and channel index.
 
     Raises:
-        PredictError: a file not named ``<case>_<channel:04d>.nii.gz``, or no files.
+        PredictError: a file not named ``<case>_<channel:04d>.nii.gz``, two files of one
+            case's channel (``.nii`` and ``.nii.gz``), or no files.
     """
     groups: dict[str, dict[int, Path]] = {}
     for path in sorted(folder.iterdir()):
@@ -101,21 +118,62 @@ def channel_files(folder: Path) -> dict[str, dict[int, Path]]:
         match = CHANNEL_FILE.match(nifti_stem(path))
         if not match:
             raise PredictError(f"{path}: name is not <case>_<channel:04d>.nii.gz")
-        groups.setdefault(match["case"], {})[int(match["channel"])] = path
+        by_channel = groups.setdefault(match["case"], {})
+        k = int(match["channel"])
+        if k in by_channel:
+            raise PredictError(
+                f"{path}: a second file for channel {k:04d} of case {match['case']!r} "
+                f"(also {by_channel[k]}); keep one"
+            )
+        by_channel[k] = path
     if not groups:
         raise PredictError(f"{folder}: no NIfTI files")
     return groups
+
+
+def _check_listed(files: list[Path], channel_names: list[str]) -> None:
+    """The files of one case, listed: no file twice; in nnU-Net naming, one case's channels
+    in order."""
+    seen: dict[Path, Path] = {}
+    for path in files:
+        key = path.resolve()
+        if key in seen:
+            raise PredictError(f"{path}: given twice (also as {seen[key]}); give each channel once")
+        seen[key] = path
+    named = [CHANNEL_FILE.match(strip_nifti_suffix(p.name) or "") for p in files]
+    if len(files) < 2 or not all(named):
+        return
+    cases = {m["case"] for m in named}
+    indices = [int(m["channel"]) for m in named]
+    if len(cases) > 1:
+        raise PredictError(
+            f"{', '.join(map(str, files))}: files of different cases ({', '.join(sorted(cases))}); "
+            "give the files of one case, or a folder"
+        )
+    if indices != list(range(len(files))):
+        raise PredictError(
+            f"{', '.join(map(str, files))}: named for channels "
+            f"{', '.join(f'{k:04d}' for k in indices)}; the model takes "
+            f"{_names(channel_names)}, in that order"
+        )
 
 
 def collect_inputs(inputs: list[Path], channel_names: list[str]) -> list[InputCase]:
     """Cases from a folder in nnU-Net naming, or from the channel files of one case in order.
 
     Raises:
-        PredictError: a missing channel, a file that is not NIfTI or not readable.
+        PredictError: a missing, extra or duplicate channel, a file that is not NIfTI or not
+            readable.
     """
     n = len(channel_names)
     if len(inputs) == 1 and inputs[0].is_dir():
         groups = channel_files(inputs[0])
+        extra = sorted(str(p) for g in groups.values() for k, p in g.items() if k >= n)
+        if extra:
+            raise PredictError(
+                f"{', '.join(extra)}: channel file(s) the model does not take; it takes "
+                f"{n} channel(s): {_names(channel_names)}"
+            )
         cases = []
         for case_id, by_channel in groups.items():
             if set(by_channel) == {0}:
@@ -126,9 +184,60 @@ def collect_inputs(inputs: list[Path], channel_names: list[str]) -> list[InputCa
                 raise PredictError(f"case {case_id!r} lacks channel {', '.join(missing)}")
             cases.append(_case_from_files(case_id, [by_channel[k] for k in range(n)], n))
         return cases
-    stem = nifti_stem(inputs[0])
-    match = CHANNEL_FILE.match(stem)
-    return [_case_from_files(match["case"] if match else stem, list(inputs), n)]
+    files = list(inputs)
+    match = CHANNEL_FILE.match(stem := nifti_stem(files[0]))
+    case = _case_from_files(match["case"] if match else stem, files, n)
+    _check_listed(files, channel_names)
+    return [case]
+
+
+def check_images(case: InputCase, channel_names: list[str], reference: int) -> list[str]:
+    """Read a case's files as validation does and check that a model can segment them.
+
+    Args:
+        reference: the channel the others are placed against (the plan's reference channel).
+
+    Returns:
+        Warnings (``<file>: <message>``), e.g. a channel shifted by more than a voxel.
+
+    Raises:
+        PredictError: every error found (an empty, damaged or truncated file, NaN/inf voxels,
+            an empty or constant channel, a channel that hardly overlaps the reference),
+            each naming its file.
+    """
+    problems = Problems()
+    volumes: list[sitk.Image | None] = []
+    images: dict[Path, sitk.Image | None] = {}
+    for source in case.channels:
+        if source.path not in images:
+            images[source.path] = read_nifti(source.path, problems)
+        image = images[source.path]
+        if image is not None and image.GetDimension() == 4:
+            image = image[:, :, :, source.index or 0]
+        volumes.append(image)
+    for source, name, volume in zip(case.channels, channel_names, volumes, strict=True):
+        if volume is None:
+            continue
+        lo, hi = _min_max(volume)
+        if lo == hi:
+            what = "empty (all voxels 0)" if lo == 0 else f"constant (all voxels {lo:g})"
+            problems.error(source.path, f"{name}: image is {what}; there is nothing to segment")
+    ref = volumes[reference]
+    if ref is not None:
+        for c, (source, volume) in enumerate(zip(case.channels, volumes, strict=True)):
+            if c != reference and volume is not None and source.index is None:
+                where = (Grid.of(volume), Grid.of(ref), source.path, channel_names[c])
+                check_placement(*where, channel_names[reference], problems)
+    errors = [f"{p.path}: {p.message}" for p in problems if p.level == "error"]
+    if errors:
+        raise PredictError("\n  ".join(errors))
+    return [f"{p.path}: {p.message}" for p in problems if p.level != "error"]
+
+
+def _min_max(volume: sitk.Image) -> tuple[float, float]:
+    f = sitk.MinimumMaximumImageFilter()
+    f.Execute(volume)
+    return f.GetMinimum(), f.GetMaximum()
 
 
 def check_voxels(case: InputCase) -> None:

@@ -11,18 +11,23 @@ carries everything needed to use it, so prediction never consults the current co
 - ``checkpoint_final.pt`` (weights at the end), ``checkpoint_best.pt`` (best validation Dice),
   ``checkpoint_last.pt`` (full training state for ``--resume``);
 - ``training_log.tsv`` and ``learning_curves.png``.
+
+Checkpoints are read as data (:func:`adseg.checkpoint.load_checkpoint`): a truncated, empty or
+foreign file, or one holding code, is refused with a message naming it, and weights that do
+not fit the network ``model.json`` describes likewise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from adseg.checkpoint import CheckpointError, load_checkpoint
 from adseg.errors import AdsegError
 from adseg.io import read_json
 from adseg.preprocessing.case import Plan
@@ -45,25 +50,42 @@ class FoldModel:
     folder: Path
     spec: dict
     plan: Plan
+    _states: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def spatial_dims(self) -> int:
         return int(self.spec["network"]["spatial_dims"])
 
+    def checkpoint_path(self, checkpoint: str = "final") -> Path:
+        """The file of ``checkpoint`` (final or best)."""
+        return self.folder / CHECKPOINTS[checkpoint]
+
+    def weights(self, checkpoint: str = "final") -> dict:
+        """The contents of ``checkpoint``, read once as data.
+
+        Raises:
+            ModelError: the file is missing.
+            CheckpointError: it is not an adseg checkpoint (naming it).
+        """
+        if checkpoint not in self._states:
+            self._states[checkpoint] = load_weights(self.checkpoint_path(checkpoint))
+        return self._states[checkpoint]
+
     def segmentor(self, checkpoint: str = "final", device: str | torch.device = "cpu") -> nn.Module:
         """The segmentor with the weights of ``checkpoint`` (final or best), in eval mode."""
         net = build_segmentor(**_network_args(self.spec))
-        net.load_state_dict(_load_weights(self.folder, checkpoint)["segmentor"])
+        fit_weights(net, self.weights(checkpoint)["segmentor"], self.checkpoint_path(checkpoint))
         return net.to(device).eval()
 
     def discriminator(self, checkpoint: str = "final", device="cpu") -> nn.Module | None:
         """The trained label-map discriminator, or None for schemes without one."""
-        d = self.spec.get("discriminator")
-        weights = _load_weights(self.folder, checkpoint).get("discriminator")
-        if d is None or weights is None:
+        if self.spec.get("discriminator") is None:
+            return None
+        weights = self.weights(checkpoint).get("discriminator")
+        if weights is None:
             return None
         net = build_discriminator(self.spec)
-        net.load_state_dict(weights)
+        fit_weights(net, weights, self.checkpoint_path(checkpoint))
         return net.to(device).eval()
 
 
@@ -89,11 +111,37 @@ def build_discriminator(spec: dict) -> nn.Module:
     )
 
 
-def _load_weights(folder: Path, checkpoint: str) -> dict:
-    path = folder / CHECKPOINTS[checkpoint]
+def load_weights(path: Path, key: str = "segmentor") -> dict:
+    """A model folder's checkpoint, read as data; it must hold ``key``.
+
+    Raises:
+        ModelError: the file is missing.
+        CheckpointError: ``<path>: not an adseg checkpoint (<reason>)``.
+    """
     if not path.is_file():
         raise ModelError(f"{path}: missing; is training of this fold finished?")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return load_checkpoint(path, required=(key,))
+    except CheckpointError:
+        raise
+    except Exception as err:  # torch's unpickler fails on arbitrary bytes in many ways
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        raise CheckpointError(f"{path}: not an adseg checkpoint ({reason[:200]})") from None
+
+
+def fit_weights(net: nn.Module, state: dict, path: Path) -> None:
+    """Load a state dict into ``net``, naming ``path`` if they do not fit.
+
+    Raises:
+        ModelError: missing, unexpected or misshapen weights.
+    """
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        reason = " ".join(str(err).split())
+        raise ModelError(
+            f"{path}: its weights do not fit the network in model.json ({reason[:300]})"
+        ) from None
 
 
 def read_fold(folder: str | Path) -> FoldModel:

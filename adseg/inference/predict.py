@@ -13,13 +13,19 @@ normalisation, channel order) and the label names. For each case:
 5. write the mask with that file's own NIfTI header (shape, affine, qform and sform codes), and
    optionally the probabilities as a 4-D float32 image, one volume per class.
 
-All inputs are checked before any work (:mod:`adseg.inference.inputs` finds and checks the
-scans' files). Each output file is written atomically, so a case is complete or absent, and a
-rerun skips finished cases unless ``overwrite``.
+Everything is checked before any output is made, and a failure names its file: the output
+folder (:func:`adseg.guard.check_output`: never an input, inside one or holding one), the
+model folder and its checkpoints (read as data), the scans (:mod:`adseg.inference.inputs`:
+exactly the model's channels, readable, not empty or constant, in world register). Each output
+file is written atomically, so a case is complete or absent. ``predictions.csv`` records what
+each mask came from (:mod:`adseg.inference.provenance`): a rerun skips a finished case made
+from the same model and files, refuses one made from others unless ``overwrite``, and removes
+the temporary files a killed run left.
 """
 
 from __future__ import annotations
 
+import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +38,26 @@ from scipy import ndimage
 
 from adseg.data.cohort import read_channels
 from adseg.geometry import Grid
+from adseg.guard import check_output, claim, owned
 from adseg.inference.inputs import (
     InputCase,
     PredictError,
-    check_voxels,
+    check_images,
     collect_inputs,
     read_summary,
     write_summary,
 )
-from adseg.inference.modelfolder import FoldModel, read_model
+from adseg.inference.modelfolder import CHECKPOINTS, FoldModel, read_model
+from adseg.inference.provenance import (
+    WRITE_TEST,
+    check_distinct_channels,
+    check_not_foreign,
+    input_files,
+    input_fingerprint,
+    model_fingerprint,
+    plan_cases,
+    remove_stale_temps,
+)
 from adseg.inference.sliding import (
     discriminator_score,
     make_inferer,
@@ -68,13 +85,17 @@ def check_models(models: list[FoldModel]) -> None:
             raise PredictError(f"{m.folder}: preprocessing differs from {first.folder}")
 
 
-def check_writable(out: Path) -> None:
-    """Create ``out`` and prove a file can be written there."""
+def check_writable(out: Path, command: str | None = None) -> None:
+    """Create ``out`` (marked as ``command``'s output folder, :func:`adseg.guard.claim`, if
+    given) and prove a file can be written there."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".adseg-write-test") as tmp:
+        if command is None:
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            claim(out, command)
+        with atomic_path(out / WRITE_TEST) as tmp:
             tmp.write_bytes(b"")
-        (out / ".adseg-write-test").unlink()
+        (out / WRITE_TEST).unlink()
     except OSError as err:
         raise PredictError(f"{out}: output folder is not writable ({err.strerror})") from None
 
@@ -208,40 +229,98 @@ def predict_case(
     return row
 
 
+def model_files(models: list[FoldModel], checkpoint: str) -> list[Path]:
+    """The files of the folds that decide a mask and its row: spec, plan, checkpoints read."""
+    files = []
+    for m in models:
+        used = {CHECKPOINTS[checkpoint]}
+        if m.spec.get("discriminator") is not None:
+            used.add(CHECKPOINTS["final"])  # the critic's weights
+        files += [m.folder / "model.json", m.folder / "plans.json"]
+        files += [m.folder / name for name in sorted(used)]
+    return files
+
+
+def check_cases(cases: list[InputCase], models: list[FoldModel]) -> dict[str, dict[str, str]]:
+    """Check every case's files; return each case's provenance (fingerprints, files).
+
+    Raises:
+        PredictError: a case id given twice, or any file a model cannot segment.
+    """
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise PredictError(f"case ids given twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+    names, reference = models[0].spec["channel_names"], models[0].plan.reference_channel
+    hashes: dict[Path, str] = {}
+    out = {}
+    for case in cases:
+        for warning in check_images(case, names, reference):
+            logger.warning("%s", warning)
+        check_distinct_channels(case, names, hashes)
+        out[case.case_id] = {
+            "input_sha256": input_fingerprint(case, hashes),
+            "input_files": input_files(case),
+        }
+    return out
+
+
 def predict(
     inputs: list[str | Path], out: str | Path, model_dir: str | Path, opts: PredictOptions
 ) -> Path:
     """Segment every input case with the model folder's folds; return the summary CSV path.
 
     Raises:
-        PredictError, ModelError: bad input, found before any case is processed.
+        OutputError: an output folder that is, lies in or holds an input (or the model).
+        PredictError, ModelError, CheckpointError: bad input or model files, or cases
+            predicted from another model or other files (unless ``overwrite``); all found
+            before any output is made.
     """
     from adseg.training.engine import pick_device
 
+    check_output(out, [*inputs, model_dir], overwrite=opts.overwrite)
     out = Path(out)
     models = read_model(model_dir, opts.folds)
     check_models(models)
-    cases = collect_inputs([Path(p) for p in inputs], models[0].spec["channel_names"])
-    ids = [c.case_id for c in cases]
-    if len(set(ids)) != len(ids):
-        raise PredictError(f"case ids given twice: {sorted({i for i in ids if ids.count(i) > 1})}")
-    for case in cases:
-        check_voxels(case)
-    check_writable(out)
+    names = models[0].spec["channel_names"]
+    logger.info(
+        "%s expects %d channel(s), in this order: %s",
+        model_dir,
+        len(names),
+        ", ".join(f"{k:04d} {name}" for k, name in enumerate(names)),
+    )
+    cases = collect_inputs([Path(p) for p in inputs], names)
+    provenance = check_cases(cases, models)
     device = pick_device(opts.device)
     nets = [m.segmentor(opts.checkpoint, device) for m in models]
     critics = Critics.load(models, opts.quality_threshold, device)
+    model_sha = model_fingerprint(model_files(models, opts.checkpoint), opts.tta)
+    for record in provenance.values():
+        record["model_sha256"] = model_sha
     spec = models[0].spec
     inferer = make_inferer(spec["network"]["spatial_dims"], spec["patch_size"], spec["slice_axis"])
     summary = out / SUMMARY
-    rows = read_summary(summary)
-    todo = [c for c in cases if opts.overwrite or not (out / f"{c.case_id}.nii.gz").is_file()]
+    try:
+        rows = read_summary(summary)
+    except (KeyError, csv.Error, UnicodeDecodeError) as err:
+        raise PredictError(f"{summary}: not a predictions table adseg wrote ({err})") from None
+    todo = plan_cases(
+        cases, provenance, rows, out, opts.overwrite, opts.save_probabilities, Path(model_dir)
+    )
+    ours = out.is_dir() and owned(out)
+    check_not_foreign(out, todo, ours)
+    check_writable(out, "predict")
+    if ours:
+        remove_stale_temps(out)
     if len(todo) < len(cases):
         logger.info("%d case(s) already done in %s; skipping them", len(cases) - len(todo), out)
     for case in progress(todo, "predict", enabled=opts.show_progress):
-        rows[case.case_id] = predict_case(case, models, nets, critics, inferer, opts, out, device)
+        if rows.pop(case.case_id, None) is not None:
+            # a row describes the mask beside it: drop it before that mask is replaced
+            write_summary(summary, rows)
+        row = predict_case(case, models, nets, critics, inferer, opts, out, device)
+        rows[case.case_id] = {**row, **provenance[case.case_id]}
         write_summary(summary, rows)
-        logger.info("%s: %s", case.case_id, rows[case.case_id])
+        logger.info("%s: %s", case.case_id, row)
     if not summary.is_file():
         write_summary(summary, rows)
     return summary

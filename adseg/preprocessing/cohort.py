@@ -27,6 +27,7 @@ from adseg.data.checks import CaseInfo
 from adseg.data.cohort import Case, CohortError, discover_cohort, read_channels, read_label
 from adseg.data.validation import ValidationReport, case_warnings, validate_with_config
 from adseg.geometry import Grid, obliquity_deg
+from adseg.guard import check_output, claim
 from adseg.io import atomic_dir, write_image, write_json, write_text
 from adseg.log import logger, parallel_map
 from adseg.preprocessing.case import (
@@ -94,7 +95,8 @@ def prepare_cohort(
     Args:
         root: the cohort folder (nnU-Net raw or MSD layout).
         config: a resolved config (see :func:`adseg.config.resolve_config`).
-        out_dir: the preprocessed folder to write.
+        out_dir: the preprocessed folder to write (replaced once complete; it must be new,
+            empty or adseg's, and apart from the cohort: :func:`adseg.guard.check_output`).
         report: a validation report of this cohort, to skip re-reading every file.
         workers: processes used for the cases.
 
@@ -103,7 +105,9 @@ def prepare_cohort(
 
     Raises:
         CohortError: the cohort has errors; every one is listed, and nothing is written.
+        OutputError: ``out_dir`` is, holds or lies in the cohort, or holds others' files.
     """
+    check_output(out_dir, [root], replaces=True)
     layout, regex = cohort_layout(config), config["dataset"]["patient_regex"]
     cohort, problems = discover_cohort(root, layout=layout, patient_regex=regex)
     if report is None:
@@ -128,6 +132,7 @@ def prepare_cohort(
     )
     infos = {c.case_id: c for c in report.cases}
     with atomic_dir(out_dir) as tmp:
+        claim(tmp, "preprocess")
         found = case_warnings(report, cohort.cases)
         jobs = [(c, infos[c.case_id], plan, tmp, found[c.case_id]) for c in cohort.cases]
         rows = parallel_map(preprocess_case, jobs, workers, "preprocess", show_progress)

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
 
+from adseg.guard import check_output, claim
 from adseg.io import atomic_dir, read_json
 from adseg.log import progress
 from adseg.plots import save
@@ -114,8 +115,13 @@ def case_figure(preprocessed: Path, case_id: str, channel_names: list[str], out:
 def qc_report(
     preprocessed: str | Path, out_dir: str | Path, show_progress: bool = True
 ) -> list[Path]:
-    """Write the overview and one PNG per case from a preprocessed folder; return the paths."""
+    """Write the overview and one PNG per case from a preprocessed folder; return the paths.
+
+    ``out_dir`` is replaced once complete: it must be new, empty or adseg's, and apart from
+    ``preprocessed`` (:func:`adseg.guard.check_output` raises ``OutputError`` otherwise).
+    """
     preprocessed, out_dir = Path(preprocessed), Path(out_dir)
+    check_output(out_dir, [preprocessed], replaces=True)
     dataset = read_json(preprocessed / "dataset.json")
     channel_names = [dataset["channel_names"][k] for k in sorted(dataset["channel_names"], key=int)]
     labels = [name for name, value in dataset["labels"].items() if value != 0]
@@ -123,6 +129,7 @@ def qc_report(
     names = ["overview.png"] + [f"cases/{row['case_id']}.png" for row in rows]
     # the folder is complete or absent, and holds no figure of a case no longer in the cohort
     with atomic_dir(out_dir) as tmp:
+        claim(tmp, "qc")
         overview_figure(rows, channel_names, labels, tmp / names[0])
         for row, name in zip(
             progress(rows, "qc figures", enabled=show_progress), names[1:], strict=True

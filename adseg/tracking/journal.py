@@ -112,6 +112,23 @@ class Journal:
                 continue
         return out
 
+    def discard_after(self, step: int) -> int:
+        """Drop the metric events of steps after ``step`` that no store has yet; return how
+        many. A job killed between an epoch's event and its checkpoint retrains that epoch
+        on resume: its first, uncommitted event must not reach MLflow beside the second."""
+        with self._lock:
+            events = self.events()
+            path = self.dir / "state.json"
+            stores = read_json(path) if path.is_file() else {}
+            sent = max((s["sent"] for s in stores.values()), default=0)
+            tail = events[sent:]
+            keep = [e for e in tail if not (e["op"] == "metrics" and e.get("step", 0) > step)]
+            if len(keep) == len(tail):
+                return 0
+            lines = [json.dumps(e, allow_nan=True) for e in events[:sent] + keep]
+            write_text(self.events_file, "".join(line + "\n" for line in lines))
+            return len(tail) - len(keep)
+
     def state(self, uri: str | None = None) -> dict:
         """``{"run_id", "sent"}`` of the run in store ``uri`` (default: the run's own)."""
         path = self.dir / "state.json"

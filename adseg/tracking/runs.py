@@ -72,6 +72,7 @@ class FoldRun:
         self.config = tracking_config(config)
         self.journal: Journal | None = None
         self.epochs_logged = 0
+        self.committed = 0  # the last epoch whose checkpoint is on disk
 
     @never_fails
     def start(self, job, resumed_after: int | None, device, splits: Path) -> None:
@@ -86,6 +87,9 @@ class FoldRun:
             and journal.ref["parent"]["config_hash"] == parent["config_hash"]
         ):
             self.journal = journal
+            # an epoch logged but not checkpointed before the job died is trained again
+            journal.discard_after(resumed_after)
+            self.committed = resumed_after
             count = journal.count_tag("adseg.resumed") + 1
             journal.tags({"adseg.resumed": count, "adseg.resumed_after_epoch": resumed_after})
             journal.status("RUNNING")
@@ -112,7 +116,8 @@ class FoldRun:
 
     @never_fails
     def epoch(self, row: dict, lr_d: float | None) -> None:
-        """One epoch's row of ``training_log.tsv`` as metrics at step = epoch."""
+        """One epoch's row of ``training_log.tsv`` as metrics at step = epoch, kept in the
+        journal until :meth:`commit` (after the epoch's checkpoint) sends it."""
         if self.journal is None:
             return
         values = {EPOCH_METRICS[k]: v for k, v in row.items() if k in EPOCH_METRICS}
@@ -120,15 +125,22 @@ class FoldRun:
             values["train/lr_d"] = lr_d
         self.journal.metrics(values, step=row["epoch"])
         self.epochs_logged += 1
-        self.journal.flush()
+
+    @never_fails
+    def commit(self) -> None:
+        """Send what the epoch logged: called once its checkpoint is on disk, so a job killed
+        in between sends nothing of an epoch it will train again (exactly once per step)."""
+        if self.journal is not None:
+            self.committed += 1
+            self.journal.flush()
 
     @never_fails
     def artifact(self, path: Path, artifact_path: str) -> None:
-        """A file made during the run (a figure of samples), logged now."""
+        """A file made during the run (a figure of samples), sent with the next
+        :meth:`commit`, :meth:`finish` or :meth:`fail`."""
         if self.journal is None:
             return
         self.journal.artifact(path, artifact_path)
-        self.journal.flush()
 
     @never_fails
     def metrics(self, values: dict[str, float], step: int) -> None:
@@ -167,11 +179,27 @@ class FoldRun:
             return
         out = Path(self.journal.ref["tags"]["adseg.model_dir"])
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        # an epoch that died before its checkpoint is trained again on resume: not logged now
+        self.journal.discard_after(_epochs_on_disk(out, self.committed))
         message = str(error) or type(error).__name__
         self.journal.tags({"adseg.error": message[:4000]})
         self.journal.artifact(out / "training_log.tsv", "training")
         self.journal.status("KILLED" if killed else "FAILED")
         report_pending(self.journal.flush(force=True), self.journal)
+
+
+def _epochs_on_disk(out: Path, known: int) -> int:
+    """The epochs in ``out``'s last checkpoint (the truth a resume starts from), or ``known``
+    when it cannot be read."""
+    path = out / "checkpoint_last.pt"
+    if not path.is_file():
+        return known
+    from adseg.checkpoint import load_checkpoint
+
+    try:
+        return len(load_checkpoint(path)["history"])
+    except (OSError, ValueError, KeyError):
+        return known
 
 
 def report_pending(pending: int, journal: Journal) -> None:

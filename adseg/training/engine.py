@@ -11,7 +11,8 @@ rest the same way for all of them:
   data only (``torch.load(weights_only=True)``: tensors, state dicts and plain values);
 - the epoch loop (:func:`run_epochs`): the study's epoch, its end-of-epoch work, the log line,
   the tracking event, ``training_log.tsv``, the study's guards (non-finite losses, collapse),
-  then ``checkpoint_last.pt``;
+  then ``checkpoint_last.pt``, and only then the event is sent: a job killed at any point
+  trains and logs each epoch once (the tracker drops an event whose checkpoint never came);
 - a failure or interruption marks the tracked run FAILED or KILLED (:func:`tracked`).
 """
 
@@ -223,6 +224,8 @@ def run_epochs(
         study.check(history)
         state = {"history": history, "fingerprint": loop.key, "adseg_version": __version__}
         save_checkpoint({**study.checkpoint(), **state}, loop.out / CHECKPOINT)
+        if tracker is not None:
+            tracker.commit()  # the epoch's events go out once its checkpoint is on disk
 
 
 def epoch_line(head: str, row: dict, fields, fmt: str = ".3f") -> str:

@@ -346,3 +346,97 @@ def test_read_channels_reads_each_source_in_order_and_names_a_bad_file(tmp_path,
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), volume.T)
     with pytest.raises(ValueError, match=r"all\.nii\.gz: image of size .* has no channel 5"):
         read_channels([*sources, ChannelSource(stacked, 5)])
+
+
+def test_msd_paths_outside_the_dataset_folder_are_refused(msd_cohort):
+    """An entry's image or label given by '..', as an absolute path or through a link that
+    leads out of the dataset folder is an error naming the entry and the path; a '..' that
+    stays inside is fine."""
+    root = msd_cohort(case_ids=("prostate_00", "prostate_01", "prostate_02", "prostate_03"))
+    outside = root.parent / "outside.nii.gz"
+    outside.write_bytes(b"garbage, never to be read")
+    link = root / "imagesTr" / "prostate_02.nii.gz"
+    link.unlink()
+    link.symlink_to(outside)
+    dataset = json.loads((root / "dataset.json").read_text())
+    training = dataset["training"]
+    training[0]["image"] = "../outside.nii.gz"
+    training[1]["label"] = str(outside)
+    training[3]["label"] = "./labelsTr/../labelsTr/prostate_03.nii.gz"
+    edit_json(root, training=training)
+    cohort, problems = discover_cohort(root)
+    json_path = str(root / "dataset.json")
+    assert [(p.path, p.message) for p in problems if p.level == "error"] == [
+        (
+            json_path,
+            f"training[0] 'image' '../outside.nii.gz' leads outside the dataset folder "
+            f"(to {outside.resolve()}); not read",
+        ),
+        (
+            json_path,
+            f"training[1] 'label' '{outside}' is an absolute path (not read); give it relative "
+            "to the dataset folder",
+        ),
+        (
+            json_path,
+            "training[2] 'image' './imagesTr/prostate_02.nii.gz' leads outside the dataset "
+            f"folder (to {outside.resolve()}); not read",
+        ),
+    ]
+    # the files the refused entries left unused are only warnings; the link is not "unlisted"
+    assert sorted(p.path for p in problems if p.level == "warning") == [
+        str(root / "imagesTr" / "prostate_00.nii.gz"),
+        str(root / "labelsTr" / "prostate_00.nii.gz"),
+        str(root / "labelsTr" / "prostate_01.nii.gz"),
+        str(root / "labelsTr" / "prostate_02.nii.gz"),
+    ]
+    assert [(c.case_id, c.label) for c in cohort.cases] == [
+        ("prostate_01", None),
+        ("prostate_03", root / "labelsTr" / ".." / "labelsTr" / "prostate_03.nii.gz"),
+    ]
+
+
+def test_msd_label_outside_is_reported_even_when_the_image_is_missing(msd_cohort):
+    root = msd_cohort()
+    (root / "imagesTr" / "prostate_00.nii.gz").unlink()
+    dataset = json.loads((root / "dataset.json").read_text())
+    dataset["training"][0]["label"] = "../../labels/prostate_00.nii.gz"
+    edit_json(root, training=dataset["training"])
+    messages = sorted(p.message for p in discover_cohort(root)[1] if p.level == "error")
+    assert messages[0] == "listed in dataset.json training but missing"
+    assert messages[1].startswith(
+        "training[0] 'label' '../../labels/prostate_00.nii.gz' leads outside the dataset folder"
+    )
+    assert len(messages) == 2
+
+
+@pytest.mark.parametrize("layout", ["nnunet", "msd"])
+def test_num_training_must_match_the_cases_found(nnunet_cohort, msd_cohort, layout):
+    root = nnunet_cohort() if layout == "nnunet" else msd_cohort()
+    assert discover_cohort(root)[1] == []  # numTraining 2, two cases: fine
+    edit_json(root, numTraining=3)
+    cohort, problems = discover_cohort(root)
+    error = only_error(problems)
+    assert error.path == str(root / "dataset.json")
+    counted = "imagesTr holds 2" if layout == "nnunet" else "'training' lists 2"
+    assert error.message == f"'numTraining' is 3 but {counted} training case(s)"
+    assert len(cohort.cases) == 2  # the cases are still checked
+    edit_json(root, numTraining="2")
+    assert only_error(discover_cohort(root)[1]).message == (
+        "'numTraining' must be a non-negative integer, not '2'"
+    )
+    edit_json(root, numTraining=None)  # optional
+    assert discover_cohort(root)[1] == []
+
+
+def test_num_training_counts_incomplete_cases_as_nnunet_does(nnunet_cohort):
+    """A case missing a channel is still a case (nnU-Net counts imagesTr's case ids): one
+    error for the missing file, none for numTraining."""
+    root = nnunet_cohort()
+    (root / "imagesTr" / "case_001_0001.nii.gz").unlink()
+    error = only_error(discover_cohort(root)[1])
+    assert "lacks channel 1" in error.message
+    (root / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    (root / "labelsTr" / "case_001.nii.gz").unlink()
+    error = only_error(discover_cohort(root)[1])
+    assert error.message == "'numTraining' is 2 but imagesTr holds 1 training case(s)"

@@ -18,6 +18,7 @@ from adseg.data import phantom
 from adseg.data.phantom import LABEL_SETS, SCANNERS, render_case
 from adseg.data.synthetic import generate_cohort, sample_patient
 from adseg.geometry import Grid, obliquity_deg, orientation_code
+from adseg.guard import OutputError
 
 N_PATIENTS, SEED = 6, 3
 
@@ -122,12 +123,19 @@ def test_same_seed_same_cohort_prefix_and_workers(cohort, tmp_path):
     assert t2.shape != t2_other.shape or not np.array_equal(t2, t2_other)
 
 
-def test_regenerating_replaces_the_folder(tmp_path):
+def test_regenerating_replaces_its_own_folder_and_refuses_anyone_elses(tmp_path):
     out = tmp_path / "raw"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
-    dataset = generate_cohort(out, 1, 0, two_visit_fraction=0.0, progress=False)
-    assert not (out / "stale.txt").exists()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="raw: a folder that adseg did not create"):
+        generate_cohort(out, 1, 0, two_visit_fraction=0.0, progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temporary folder left
+    (out / "notes.txt").unlink()
+    generate_cohort(out, 2, 0, two_visit_fraction=0.0, progress=False)  # an empty folder
+    dataset = generate_cohort(out, 1, 0, two_visit_fraction=0.0, progress=False)  # adseg's
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["synth_001_1.nii.gz"]
     assert dataset["labels"] == {"background": 0, "lesion": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 

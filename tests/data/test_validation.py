@@ -186,6 +186,106 @@ def test_channel_outside_reference(nnunet_cohort, write_image, phantom):
     ]
 
 
+def write_shifted_case(root: Path, write_image, phantom, shift_x_mm: float, ras_adc=False):
+    """Case "a" of a 48 mm wide T2w (80 voxels of 0.6 mm) and an ADC of 2x its voxels over
+    the same field of view, shifted ``shift_x_mm`` in x; ``ras_adc`` stores the ADC in RAS."""
+    image, label = phantom(size_zyx=(6, 80, 80))
+    write_image(root / "imagesTr" / "a_0000.nii.gz", image, T2_SPACING)
+    write_image(root / "labelsTr" / "a.nii.gz", label, T2_SPACING)
+    adc, origin, direction = image[:, ::2, ::2], [0.3 + shift_x_mm, 0.3, 0.0], LPS
+    if ras_adc:  # voxel 0 at the other corner of the same field of view
+        adc, origin = adc[:, ::-1, ::-1], [47.1 + shift_x_mm, 47.1, 0.0]
+        direction = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    path = root / "imagesTr" / "a_0001.nii.gz"
+    return write_image(path, np.ascontiguousarray(adc), (1.2, 1.2, 3.0), origin, direction)
+
+
+def test_channel_shifted_against_reference_is_a_warning(nnunet_cohort, write_image, phantom):
+    """An ADC 20 mm off the T2w still overlaps 58 % of it: no error, but a warning in mm."""
+    root = nnunet_cohort(case_ids=("a",))
+    adc = write_shifted_case(root, write_image, phantom, 20.0)
+    report = validate(root)
+    assert report.ok(), report.format()
+    assert [(p.path, p.level) for p in report.problems] == [(str(adc), "warning")]
+    assert messages(report, adc, "warning") == [
+        "ADC is shifted 20.0 mm against T2w (20.0, 0.0, 0.0 mm along T2w's axes; more than a "
+        "voxel of the coarser channel): centres of the fields of view differ, check that the "
+        "channels are registered"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("shift_x_mm", "ras_adc"),
+    [(0.06, False), (-0.06, False), (0.0, True), (0.06, True)],
+    ids=["0.1 voxel", "-0.1 voxel", "RAS ADC", "RAS ADC 0.1 voxel"],
+)
+def test_channel_within_a_voxel_of_reference_is_fine(
+    nnunet_cohort, write_image, phantom, shift_x_mm, ras_adc
+):
+    """A 0.1-voxel shift is rounding, and a channel stored in another orientation over the
+    same field of view (its origin at the opposite corner) is not shifted at all."""
+    root = nnunet_cohort(case_ids=("a",))
+    write_shifted_case(root, write_image, phantom, shift_x_mm, ras_adc)
+    report = validate(root)
+    assert report.problems == [], report.format()
+
+
+@pytest.mark.parametrize(("shift_x_mm", "warned"), [(2.5, False), (-2.9, False), (4.0, True)])
+def test_channel_shift_is_measured_in_the_coarser_channels_voxels(
+    nnunet_cohort, write_image, phantom, shift_x_mm, warned
+):
+    """The ADC's voxel is 1.2 x 1.2 x 3 mm: a shift up to 3 mm cannot show in it (the T2w's
+    0.6 mm voxel does not set the limit), 4 mm can."""
+    root = nnunet_cohort(case_ids=("a",))
+    adc = write_shifted_case(root, write_image, phantom, shift_x_mm)
+    report = validate(root)
+    assert report.ok(), report.format()
+    assert bool(messages(report, adc, "warning")) == warned, report.format()
+
+
+def test_channel_outside_reference_is_an_error_not_also_a_warning(
+    nnunet_cohort, write_image, phantom
+):
+    root = nnunet_cohort(case_ids=("a",))
+    adc = write_shifted_case(root, write_image, phantom, 30.0)  # 38 % overlap
+    report = validate(root)
+    assert [(p.path, p.level) for p in report.problems] == [(str(adc), "error")]
+    assert messages(report, adc)[0].startswith("ADC overlaps only 38 % of T2w")
+
+
+def test_msd_files_outside_the_dataset_folder_are_never_read(msd_cohort):
+    """Refused entries are errors about dataset.json; the garbage files they point to are not
+    opened, so no error about reading them appears."""
+    root = msd_cohort(case_ids=("prostate_00", "prostate_01", "prostate_02"))
+    outside = root.parent / "outside.nii.gz"
+    outside.write_bytes(b"not an image: reading it would be an error naming this file")
+    absolute = root.parent / "elsewhere" / "label.nii.gz"
+    absolute.parent.mkdir()
+    absolute.write_bytes(b"garbage")
+    dataset = json.loads((root / "dataset.json").read_text())
+    dataset["training"][0]["image"] = "../outside.nii.gz"
+    dataset["training"][1]["image"] = str(absolute)
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    report = validate(root)
+    json_path = str(root / "dataset.json")
+    assert [p.path for p in report.errors] == [json_path, json_path]
+    assert "training[0] 'image' '../outside.nii.gz' leads outside" in report.errors[0].message
+    assert f"training[1] 'image' '{absolute}' is an absolute path" in report.errors[1].message
+    assert not any(str(outside) == p.path or str(absolute) == p.path for p in report.problems)
+    assert report.n_cases == 1 and report.cases[0].case_id == "prostate_02"
+
+
+def test_num_training_mismatch_fails_validation(nnunet_cohort):
+    root = nnunet_cohort()
+    assert validate(root).ok()
+    dataset = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**dataset, "numTraining": 5}))
+    report = validate(root)
+    assert [(p.path, p.message) for p in report.errors] == [
+        (str(root / "dataset.json"), "'numTraining' is 5 but imagesTr holds 2 training case(s)")
+    ]
+
+
 def test_label_values(nnunet_cohort, write_image, phantom):
     root = nnunet_cohort(labels={"background": 0, "lesion": 1})
     label = phantom()[1].astype(np.float32)
@@ -235,6 +335,9 @@ def test_warnings_only(nnunet_cohort, write_image, phantom):
     assert messages(report, root / "imagesTr" / "c_0000.nii.gz", "warning") == [
         "axes 40.0 degrees oblique; orientation LPS is only the nearest"
     ]
+    # b's T2w grid changed under its ADC: their centres are now 2.1 mm apart
+    # b's T2w voxel size moves its centre 2.1 mm against the ADC's: under an ADC voxel
+    assert messages(report, root / "imagesTr" / "b_0001.nii.gz", "warning") == []
     assert len(report.warnings) == 4  # c_0001 too; labels are not checked for geometry
 
 

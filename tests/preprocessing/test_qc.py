@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 
 from adseg.config import resolve_config
+from adseg.guard import MARKER
 from adseg.preprocessing.cohort import prepare_cohort
 from adseg.preprocessing.qc import qc_report, read_tsv
 
@@ -21,4 +22,5 @@ def test_qc_report_draws_every_case(nnunet_cohort, tmp_path):
     case = mpimg.imread(written[1])
     assert len({tuple(px) for px in case.reshape(-1, case.shape[-1])[::50]}) > 50
     assert len(read_tsv(tmp_path / "pre" / "qc.tsv")) == 3
-    assert not list((tmp_path / "qc").rglob(".*"))  # no temporary files left behind
+    # no temporary files left behind; the marker says the folder is adseg's to replace
+    assert [p.name for p in (tmp_path / "qc").rglob(".*")] == [MARKER]

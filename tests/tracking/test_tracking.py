@@ -361,14 +361,14 @@ def test_training_goes_on_when_the_server_stops_and_sync_sends_the_rest(
 ):
     cfg = _config(tiny_experiment, tmp_path, server.uri, epochs=4)
     tracker = tracking.FoldRun(cfg)
-    log_epoch = tracker.epoch
+    commit = tracker.commit
 
-    def epoch_then_stop(row, lr_d):
-        log_epoch(row, lr_d)
-        if row["epoch"] == 1:
-            server.stop()  # the server goes away mid-run
+    def commit_then_stop():
+        commit()
+        if tracker.epochs_logged == 1:
+            server.stop()  # the server goes away mid-run, once epoch 1 is sent
 
-    tracker.epoch = epoch_then_stop
+    tracker.commit = commit_then_stop
     with caplog.at_level("WARNING", logger="adseg"):
         out = _train(tiny_experiment, cfg, "ce", 2, tracker=tracker)
     assert (out / "model.json").is_file()  # training went on

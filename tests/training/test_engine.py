@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+from adseg.checkpoint import CheckpointError
 from adseg.training import engine
 from adseg.training.engine import Loop, TrainingError
 
@@ -116,17 +117,20 @@ def test_fingerprint_follows_settings_and_file_contents(tmp_path):
 
 
 class _Payload:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (open, ("/nonexistent-dir/adseg-payload-ran", "w"))
+        return (type(self.marker).touch, (self.marker,))
 
 
-def test_a_checkpoint_is_read_as_data_and_never_runs_code(tmp_path):
-    path = tmp_path / engine.CHECKPOINT
-    torch.save(
-        {"history": [], "fingerprint": "x", "payload": _Payload()}, path, pickle_module=pickle
-    )
-    with pytest.raises(pickle.UnpicklingError):
-        engine.load_checkpoint(path)
+def test_resume_reads_a_checkpoint_as_data_and_never_runs_code(tmp_path):
+    marker = tmp_path / "payload-ran"
+    payload = {"trainer": {}, "history": [], "fingerprint": "x", "payload": _Payload(marker)}
+    torch.save(payload, tmp_path / engine.CHECKPOINT, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="not an adseg checkpoint"):
+        engine.resume_state(tmp_path, "auto", "x")
+    assert not marker.exists()
 
 
 def test_epoch_seeds_differ_by_run_and_epoch():

@@ -60,6 +60,8 @@ def settings(*sections):
     # settings that change how a job runs, not what it makes (the schema marks them) rerun
     # nothing; the job reads them from the whole config (ADSEG_WORKFLOW_CONFIG)
     chosen = {s: without_result_neutral(config, s) for s in sections}
+    # whether the workflow runs the ADDA study is the workflow's business, not a job's
+    chosen.get("adda", {}).pop("enabled", None)
     return shlex.quote(json.dumps(chosen, sort_keys=True))
 
 
