@@ -256,10 +256,17 @@ def trained_model(exp: dict) -> Path:
 
 
 def bench_predict(exp: dict, device: torch.device, rounds: int, report: dict) -> None:
-    """adseg predict per volume (read, preprocess, infer, resample back, write) vs MONAI's
-    sliding-window inference alone on the already-preprocessed tensor."""
+    """adseg predict per volume (check and fingerprint the inputs, read, preprocess, infer,
+    resample back, write) vs MONAI's sliding-window inference alone on the already-preprocessed
+    tensor."""
     from adseg.inference.modelfolder import read_model
-    from adseg.inference.predict import Critics, PredictOptions, collect_inputs, predict_case
+    from adseg.inference.predict import (
+        Critics,
+        PredictOptions,
+        check_cases,
+        collect_inputs,
+        predict_case,
+    )
     from adseg.inference.sliding import make_inferer
     from adseg.training.loader import case_items, validation_dataset
 
@@ -278,6 +285,7 @@ def bench_predict(exp: dict, device: torch.device, rounds: int, report: dict) ->
     net = nets[0]
 
     def adseg_predict() -> None:
+        check_cases(cases, models)  # what predict checks before writing anything
         for case in cases:
             predict_case(case, models, nets, critics, inferer, opts, out, device)
 
