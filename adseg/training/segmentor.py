@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
+from adseg.checkpoint import save_checkpoint
 from adseg.evaluation.metrics import dice
 from adseg.inference.modelfolder import build_discriminator
 from adseg.inference.sliding import predict_probabilities
@@ -29,7 +30,6 @@ from adseg.training.engine import (
     autocast,
     epoch_line,
     non_finite,
-    save_checkpoint,
 )
 from adseg.training.job import TrainJob
 from adseg.training.losses import CRITIC_LOSSES, loss_floor

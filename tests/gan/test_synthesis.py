@@ -137,7 +137,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_experiment, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         train(tiny_experiment, split, model="wgan-gp")
     monkeypatch.setattr(adseg.training.engine, "write_tsv", write_tsv)
-    assert len(torch.load(split / "checkpoint_last.pt", weights_only=False)["history"]) == 1
+    assert len(torch.load(split / "checkpoint_last.pt", weights_only=True)["history"]) == 1
     train(tiny_experiment, split, model="wgan-gp", resume="yes")
     a = torch.load(straight / "checkpoint_final.pt", weights_only=True)
     b = torch.load(split / "checkpoint_final.pt", weights_only=True)

@@ -260,7 +260,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tiny_experiment, tmp_path, mo
     out = tmp_path / "fold"
     with pytest.raises(TrainingError, match="non-finite loss_s at epoch 2, iteration 1"):
         _train(tiny_experiment, out, train={"epochs": 3})
-    kept = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    kept = torch.load(out / "checkpoint_last.pt", weights_only=True)
     assert len(kept["history"]) == 1
     assert not (out / "model.json").exists()
 
@@ -321,7 +321,7 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_experiment, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.json").exists()
-    epochs_before = len(torch.load(killed / "checkpoint_last.pt", weights_only=False)["history"])
+    epochs_before = len(torch.load(killed / "checkpoint_last.pt", weights_only=True)["history"])
     # the kill may land between writing the log and the checkpoint of an epoch
     assert 1 <= epochs_before < 6
     resumed = subprocess.run(
