@@ -56,6 +56,7 @@ class Cohort:
         channel_names: channel names in channel order.
         labels: label name -> value, background 0 included, sorted by value.
         cases: complete cases, sorted by case id.
+        layout_reason: why this layout was read, in words (for the validation report).
     """
 
     root: Path
@@ -63,6 +64,7 @@ class Cohort:
     channel_names: list[str]
     labels: dict[str, int]
     cases: list[Case]
+    layout_reason: str = ""
 
 
 class CohortError(AdsegError):
@@ -101,13 +103,13 @@ def discover_cohort(
     json_path = root / "dataset.json"
     problems = Problems()
     dataset = _read_dataset(root, problems)
-    chosen = _detect_layout(json_path, dataset, layout, problems) if dataset else None
+    chosen, reason = _detect_layout(json_path, dataset, layout, problems) if dataset else (None, "")
     if chosen is None:
-        return Cohort(root, layout, [], {}, []), problems
+        return Cohort(root, layout, [], {}, [], reason), problems
     names = _channel_names(json_path, dataset, REQUIRED_KEYS[chosen][0], problems)
     labels = _labels(json_path, dataset["labels"], chosen == "msd", problems)
     if names is None:
-        return Cohort(root, chosen, [], labels, []), problems
+        return Cohort(root, chosen, [], labels, [], reason), problems
     declared = dataset.get("numTraining")  # checked against the cases found, as nnU-Net does
     if chosen == "nnunet":
         ending = dataset.get("file_ending", ".nii.gz")
@@ -115,7 +117,7 @@ def discover_cohort(
     else:
         found = find_msd(root, dataset["training"], len(names), problems, declared)
     cases = _make_cases(json_path, dataset.get("cases", {}), found, pattern, problems)
-    return Cohort(root, chosen, names, labels, cases), problems
+    return Cohort(root, chosen, names, labels, cases, reason), problems
 
 
 def read_channel(source: ChannelSource) -> sitk.Image:
@@ -212,12 +214,17 @@ def _read_dataset(root: Path, problems: Problems) -> dict | None:
     return None
 
 
-def _detect_layout(path: Path, dataset: dict, layout: str, problems: Problems) -> str | None:
+def _detect_layout(
+    path: Path, dataset: dict, layout: str, problems: Problems
+) -> tuple[str | None, str]:
+    """The layout to read and why; under ``auto`` a warning when the other one fits too."""
+    fits = [name for name, keys in REQUIRED_KEYS.items() if all(k in dataset for k in keys)]
+    names = {"nnunet": "nnU-Net v2", "msd": "Medical Segmentation Decathlon"}
     if layout == "auto":
         if "training" in dataset and "modality" in dataset:
-            layout = "msd"
+            layout, reason = "msd", "auto: dataset.json has 'training' and 'modality' (MSD)"
         elif "channel_names" in dataset:
-            layout = "nnunet"
+            layout, reason = "nnunet", "auto: dataset.json has 'channel_names' (nnU-Net v2)"
         else:
             msd = " and ".join(f"'{k}'" for k in ("training", "modality") if k not in dataset)
             problems.error(
@@ -225,12 +232,24 @@ def _detect_layout(path: Path, dataset: dict, layout: str, problems: Problems) -
                 f"cannot tell the layout: missing 'channel_names' (nnU-Net v2) or {msd} "
                 "(Medical Segmentation Decathlon)",
             )
-            return None
+            return None, "auto: neither layout's keys"
+        other = next((f for f in fits if f != layout), None)
+        if other is not None:
+            problems.warning(
+                path,
+                f"has the keys of both layouts; read as {names[layout]} ({reason}). If its "
+                f"files are named as {names[other]} names them, set dataset.source: {other}",
+            )
+    else:
+        reason = f"{names[layout]}, as requested (dataset.source: {layout})"
+        other = next((f for f in fits if f != layout), None)
+        if other is not None:
+            reason += f"; dataset.json would also fit {names[other]}"
     missing = [k for k in REQUIRED_KEYS[layout] if k not in dataset]
     if missing:
         problems.error(path, f"missing key(s) for the {layout} layout: {', '.join(missing)}")
-        return None
-    return layout
+        return None, reason
+    return layout, reason
 
 
 def _channel_names(path: Path, dataset: dict, key: str, problems: Problems) -> list[str] | None:

@@ -28,6 +28,7 @@ class ValidationReport:
     n_cases: int
     problems: list[Problem]
     cases: list[CaseInfo]
+    layout_reason: str = ""
 
     @property
     def errors(self) -> list[Problem]:
@@ -47,6 +48,8 @@ class ValidationReport:
             f"{self.root} ({self.layout} layout): {self.n_cases} cases, "
             f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"
         ]
+        if self.layout_reason:
+            lines.append(f"layout: {self.layout_reason}")
         by_path: dict[str, list[Problem]] = {}
         for p in self.problems:
             by_path.setdefault(p.path, []).append(p)
@@ -67,6 +70,7 @@ class ValidationReport:
             d["n_cases"],
             [Problem(**p) for p in d["problems"]],
             [CaseInfo(**c) for c in d["cases"]],
+            d.get("layout_reason", ""),
         )
 
 
@@ -101,7 +105,12 @@ def validate_cohort(
     problems = list(found) + [p for _, case_problems in results for p in case_problems]
     problems.sort(key=lambda p: (p.path, p.level != "error"))
     return ValidationReport(
-        str(root), cohort.layout, len(cohort.cases), problems, [info for info, _ in results]
+        str(root),
+        cohort.layout,
+        len(cohort.cases),
+        problems,
+        [info for info, _ in results],
+        cohort.layout_reason,
     )
 
 

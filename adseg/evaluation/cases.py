@@ -14,30 +14,17 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from adseg.data.cohort import Case, discover_cohort, read_channel, read_label
+from adseg.data.cohort import read_channel, read_label
 from adseg.evaluation.metrics import METRICS, case_metrics
 from adseg.geometry import Grid
 from adseg.inference.modelfolder import read_fold
 from adseg.inference.sliding import make_inferer, predict_probabilities, to_grid
 from adseg.io import read_json
 from adseg.log import logger, progress
+from adseg.preprocessing.cohort import original_cases
 from adseg.training.loader import case_items, validation_dataset
 
 ID_COLUMNS = ("scheme", "fold", "case_id", "patient_id", "domain", "label")
-
-
-def raw_cases(preprocessed: Path) -> dict[str, Case]:
-    """Case id → original case (channel and label files), from the cohort the preprocessed
-    folder was made from."""
-    dataset = read_json(preprocessed / "dataset.json")
-    source = Path(dataset["source"])
-    if not (source / "dataset.json").is_file():
-        raise FileNotFoundError(
-            f"{source}: the original cohort of {preprocessed} is gone; evaluation compares "
-            "with its label files"
-        )
-    cohort, _ = discover_cohort(source)
-    return {c.case_id: c for c in cohort.cases if c.label is not None}
 
 
 def evaluate_fold(
@@ -63,7 +50,7 @@ def evaluate_fold(
     model = read_fold(fold_dir)
     spec = model.spec
     dataset = read_json(preprocessed / "dataset.json")
-    originals = raw_cases(preprocessed)
+    originals = original_cases(preprocessed)
     net = model.segmentor(checkpoint, device)
     dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
     inferer = make_inferer(dims, spec["patch_size"], axis)

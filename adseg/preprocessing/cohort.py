@@ -3,7 +3,8 @@
 Output folder (written atomically as a whole, so it is complete or absent)::
 
     preprocessed/
-      dataset.json          channel and label names, per case: patient, domain, label voxels
+      dataset.json          channel and label names, the original cohort's folder and layout,
+                            per case: patient, domain, label volumes, original files
       plans.json            the Plan: how to preprocess a new scan the same way
       fingerprint.json      spacings, sizes, intensities, orientations; the chosen spacing
       qc.tsv                one row per case: geometry before/after, intensities, label volumes
@@ -24,11 +25,20 @@ import SimpleITK as sitk
 from adseg import __version__
 from adseg.config import cohort_layout
 from adseg.data.checks import CaseInfo
-from adseg.data.cohort import Case, CohortError, discover_cohort, read_channels, read_label
+from adseg.data.cohort import (
+    Case,
+    Cohort,
+    CohortError,
+    discover_cohort,
+    read_channels,
+    read_label,
+)
+from adseg.data.problems import ChannelSource
 from adseg.data.validation import ValidationReport, case_warnings, validate_with_config
+from adseg.errors import AdsegError
 from adseg.geometry import Grid, obliquity_deg
 from adseg.guard import check_output, claim
-from adseg.io import atomic_dir, write_image, write_json, write_text
+from adseg.io import atomic_dir, read_json, write_image, write_json, write_text
 from adseg.log import logger, parallel_map
 from adseg.preprocessing.case import (
     Plan,
@@ -40,6 +50,10 @@ from adseg.preprocessing.case import (
 )
 
 LABEL_VOLUME_WARNING = 0.2  # relative change of a label's volume through resampling
+
+
+class PreprocessedError(AdsegError, FileNotFoundError):
+    """A preprocessed folder whose record of the original cohort is missing or stale."""
 
 
 def cohort_fingerprint(report: ValidationReport, reference_channel: int, orientation: str) -> dict:
@@ -138,9 +152,7 @@ def prepare_cohort(
         rows = parallel_map(preprocess_case, jobs, workers, "preprocess", show_progress)
         write_json(tmp / "plans.json", plan.to_dict())
         write_json(tmp / "fingerprint.json", fingerprint)
-        write_json(
-            tmp / "dataset.json", _dataset_json(cohort.channel_names, cohort.labels, rows, root)
-        )
+        write_json(tmp / "dataset.json", _dataset_json(cohort, rows))
         write_text(tmp / "qc.tsv", _tsv(rows))
     return fingerprint
 
@@ -239,7 +251,13 @@ def _tsv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _dataset_json(channel_names: list[str], labels: dict[str, int], rows: list[dict], root) -> dict:
+def _dataset_json(cohort: Cohort, rows: list[dict]) -> dict:
+    """nnU-Net v2's dataset.json of the preprocessed cases, plus the record of the cohort they
+    came from: its layout and each case's original channel and label files (relative to the
+    cohort folder). Every later stage reads the originals from this record
+    (:func:`original_cases`), so none has to detect the layout again."""
+    root = Path(cohort.root).resolve()
+    originals = {c.case_id: c for c in cohort.cases}
     cases = {}
     for row in rows:
         volumes = {
@@ -247,18 +265,69 @@ def _dataset_json(channel_names: list[str], labels: dict[str, int], rows: list[d
             for k, v in row.items()
             if k.endswith("_ml_preprocessed")
         }
+        case = originals[row["case_id"]]
         cases[row["case_id"]] = {
             "patient_id": row["patient_id"],
             "domain": row["domain"],
             "label_ml": volumes,
+            "original": {
+                "channels": [
+                    {"path": _relative(s.path, root), "index": s.index} for s in case.channels
+                ],
+                "label": None if case.label is None else _relative(case.label, root),
+            },
         }
     return {
         "name": "adseg-preprocessed",
-        "source": str(Path(root).resolve()),
-        "channel_names": {str(i): n for i, n in enumerate(channel_names)},
-        "labels": labels,
+        "source": str(root),
+        "source_layout": cohort.layout,
+        "source_layout_reason": cohort.layout_reason,
+        "channel_names": {str(i): n for i, n in enumerate(cohort.channel_names)},
+        "labels": cohort.labels,
         "file_ending": ".nii.gz",
         "numTraining": len(rows),
         "cases": cases,
         "adseg_version": __version__,
     }
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the cohort folder (discovery refuses files outside it)."""
+    return Path(path).resolve().relative_to(root).as_posix()
+
+
+def original_cases(preprocessed: str | Path) -> dict[str, Case]:
+    """Case id -> the original case (channel and label files) that the preprocessed folder
+    was made from, as preprocessing recorded it: the layout it read is never detected again.
+
+    Raises:
+        PreprocessedError: the folder has no such record (an older adseg wrote it), or the
+            original cohort or one of its recorded files is gone.
+    """
+    preprocessed = Path(preprocessed)
+    json_path = preprocessed / "dataset.json"
+    dataset = read_json(json_path)
+    root = Path(dataset["source"])
+    missing = [k for k, v in dataset["cases"].items() if "original" not in v]
+    if missing:
+        raise PreprocessedError(
+            f"{json_path}: no record of the original files of {len(missing)} case(s) (written "
+            "by an older adseg); run preprocessing again"
+        )
+    if not root.is_dir():
+        raise PreprocessedError(
+            f"{root}: the original cohort of {preprocessed} is gone; evaluation compares with "
+            "its label files"
+        )
+    out = {}
+    for case_id, meta in dataset["cases"].items():
+        record = meta["original"]
+        channels = tuple(ChannelSource(root / c["path"], c["index"]) for c in record["channels"])
+        label = None if record["label"] is None else root / record["label"]
+        for path in [*(c.path for c in channels), label]:
+            if path is not None and not path.is_file():
+                raise PreprocessedError(
+                    f"{path}: original file of case {case_id} (recorded in {json_path}) is gone"
+                )
+        out[case_id] = Case(case_id, meta["patient_id"], meta["domain"], channels, label)
+    return out

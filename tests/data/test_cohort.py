@@ -106,6 +106,37 @@ def test_auto_layout_names_file_and_missing_keys(tmp_path):
     assert cohort.cases == []
 
 
+def with_msd_keys(root: Path) -> None:
+    """Give an nnU-Net raw folder's dataset.json MSD's keys too, as converted datasets have."""
+    dataset = json.loads((root / "dataset.json").read_text())
+    ids = sorted({p.name[: -len("_0000.nii.gz")] for p in (root / "imagesTr").glob("*_0000.*")})
+    dataset["modality"] = dict(dataset["channel_names"])
+    dataset["training"] = [
+        {"image": f"./imagesTr/{c}_0000.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ids
+    ]
+    (root / "dataset.json").write_text(json.dumps(dataset))
+
+
+def test_a_dataset_json_with_both_layouts_keys_says_which_was_read_and_why(nnunet_cohort):
+    root = nnunet_cohort()
+    with_msd_keys(root)
+    cohort, problems = discover_cohort(root)
+    assert cohort.layout == "msd"
+    assert cohort.layout_reason == "auto: dataset.json has 'training' and 'modality' (MSD)"
+    (warning,) = [p for p in problems if "both layouts" in p.message]
+    assert warning.level == "warning" and warning.path == str(root / "dataset.json")
+    assert "set dataset.source: nnunet" in warning.message
+    cohort, problems = discover_cohort(root, layout="nnunet")
+    assert [c.case_id for c in cohort.cases] == ["case_000", "case_001"]
+    assert not problems
+    assert cohort.layout_reason == (
+        "nnU-Net v2, as requested (dataset.source: nnunet); dataset.json would also fit "
+        "Medical Segmentation Decathlon"
+    )
+    cohort, _ = discover_cohort(nnunet_cohort(name="Plain"))
+    assert cohort.layout_reason == "auto: dataset.json has 'channel_names' (nnU-Net v2)"
+
+
 def test_explicit_layout_missing_keys(nnunet_cohort):
     root = nnunet_cohort()
     edit_json(root, labels=None)

@@ -12,7 +12,7 @@ from adseg.config import resolve_config
 from adseg.data.cohort import CohortError
 from adseg.data.validation import validate_cohort
 from adseg.geometry import orientation_code
-from adseg.preprocessing.cohort import prepare_cohort
+from adseg.preprocessing.cohort import PreprocessedError, original_cases, prepare_cohort
 from adseg.preprocessing.qc import read_tsv
 
 
@@ -85,7 +85,9 @@ def test_validation_warnings_reach_the_qc_table(nnunet_cohort, tmp_path):
 def test_msd_four_d_cohort_with_auto_spacing(msd_cohort, tmp_path):
     root = msd_cohort()
     out = tmp_path / "pre"
-    fingerprint = prepare_cohort(root, config_for("msd"), out, show_progress=False)
+    fingerprint = prepare_cohort(
+        root, config_for("msd", target_spacing="auto"), out, show_progress=False
+    )
     # all cases share one spacing here, so nnU-Net's rule gives it back (after reorientation)
     assert fingerprint["target_spacing"] == pytest.approx([0.6, 0.6, 3.0])
     plans = json.loads((out / "plans.json").read_text())
@@ -138,3 +140,35 @@ def test_parallel_workers_give_identical_output(nnunet_cohort, tmp_path):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "two" / "imagesTr" / path.name)))
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_preprocessed_folder_records_the_original_files(nnunet_cohort, tmp_path):
+    """Later stages read the originals from this record (never by detecting the layout
+    again), and say so when the record is missing or a recorded file is gone."""
+    root = nnunet_cohort(case_ids=("a", "b"), channels=("T2w", "ADC"))
+    out = tmp_path / "pre"
+    prepare_cohort(
+        root, config_for("nnunet", target_spacing=[1.2, 1.2, 3.0]), out, show_progress=False
+    )
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["source_layout"] == "nnunet"
+    assert dataset["cases"]["a"]["original"] == {
+        "channels": [
+            {"path": "imagesTr/a_0000.nii.gz", "index": None},
+            {"path": "imagesTr/a_0001.nii.gz", "index": None},
+        ],
+        "label": "labelsTr/a.nii.gz",
+    }
+    originals = original_cases(out)
+    assert sorted(originals) == ["a", "b"]
+    assert originals["b"].label == root.resolve() / "labelsTr" / "b.nii.gz"
+    assert [c.path.name for c in originals["b"].channels] == ["b_0000.nii.gz", "b_0001.nii.gz"]
+    # a file of the cohort moved away: named, with the record it was found in
+    (root / "labelsTr" / "b.nii.gz").rename(tmp_path / "b.nii.gz")
+    with pytest.raises(PreprocessedError, match=r"labelsTr/b.nii.gz: original file of case b"):
+        original_cases(out)
+    # a folder written before the record existed
+    del dataset["cases"]["a"]["original"]
+    (out / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(PreprocessedError, match="no record of the original files of 1 case"):
+        original_cases(out)

@@ -159,3 +159,50 @@ def test_workflow_reports_cohort_errors_in_the_log(nnunet_cohort, tmp_path):
     log = (results / "default" / "logs" / "validate_cohort.log").read_text()
     assert "case 'b' lacks channel 1 (ADC): b_0001.nii.gz" in log
     assert not (results / "default" / "preprocessed").exists()
+
+
+@pytest.mark.slow
+def test_workflow_on_a_cohort_whose_dataset_json_fits_both_layouts(nnunet_cohort, tmp_path):
+    """A converted nnU-Net folder that also carries MSD's keys, read as nnU-Net: every stage
+    after preprocessing reads the cases preprocessing recorded and never detects the layout
+    again (auto-detection would read it as MSD, with case ids ``<case>_0000``)."""
+    cases = [f"case_{i:03d}" for i in range(4)]
+    root = nnunet_cohort(case_ids=cases)
+    dataset = json.loads((root / "dataset.json").read_text())
+    dataset["modality"] = dict(dataset["channel_names"])
+    dataset["training"] = [
+        {"image": f"./imagesTr/{c}_0000.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases
+    ]
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    config = tmp_path / "mixed.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "experiment": "mixed",
+                "results_dir": str(tmp_path / "results"),
+                "dataset": {"source": "nnunet", "path": str(root)},
+                "preprocess": {"target_spacing": [1.2, 1.2, 3.0]},
+                "folds": {"n": 2, "stratify": []},
+                "schemes": ["ce"],
+                "train": {
+                    "network": {"features": [4, 8]},
+                    "patch_size": [4, 4],
+                    "batch_size": 2,
+                    "samples_per_case": 1,
+                    "epochs": 1,
+                },
+            }
+        )
+    )
+    exp = tmp_path / "results" / "mixed"
+    target = exp / "ce" / "fold_0" / "metrics.tsv"
+    run = snakemake(str(target), "--cores", "2", "--configfile", str(config))
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (exp / "logs" / "validate_cohort.log").read_text()
+    assert "layout: nnU-Net v2, as requested (dataset.source: nnunet)" in log
+    assert "would also fit Medical Segmentation Decathlon" in log
+    held_out = json.loads((exp / "splits.json").read_text())["folds"][0]["val"]
+    rows = target.read_text().splitlines()
+    # a row per held-out case and foreground label (lesion, zone), under nnU-Net's case ids
+    assert sorted(line.split("\t")[2] for line in rows[1:]) == sorted(2 * held_out)
+    assert set(held_out) <= set(cases)
