@@ -3,6 +3,13 @@
 The schema lives in ``workflow/schemas/config.schema.yaml`` (shipped with the package as
 ``adseg/resources/config.schema.yaml``); Snakemake and the CLI both validate through
 :func:`resolve_config`, so a config accepted by one is accepted by the other.
+
+One layering rule, Snakemake's own: a user's config file is laid over the embedded default
+``config/config.yaml`` (shipped as ``adseg/resources/config.yaml``), mappings merged key by
+key and every other value replaced; the schema's defaults fill what neither sets.
+``snakemake --configfile FILE`` does this through the Snakefile's ``configfile:`` directive,
+``adseg COMMAND --config FILE`` through :func:`load_config`, and ``adseg config --config FILE``
+prints the result.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import yaml
 from adseg.errors import AdsegError
 
 SCHEMA_RESOURCE = "config.schema.yaml"
+DEFAULT_RESOURCE = "config.yaml"
 ENV_CONFIG = "ADSEG_WORKFLOW_CONFIG"
 """Environment variable holding the workflow's whole resolved config as JSON (set by the
 Snakefile): jobs get only the config sections they use, but track under the whole config
@@ -41,6 +49,13 @@ def schema() -> dict:
     """The config JSON schema as a dict."""
     text = resources.files("adseg.resources").joinpath(SCHEMA_RESOURCE).read_text()
     return yaml.safe_load(text)
+
+
+@cache
+def embedded_default() -> dict:
+    """The embedded default experiment, ``config/config.yaml``, as a dict (unresolved)."""
+    text = resources.files("adseg.resources").joinpath(DEFAULT_RESOURCE).read_text()
+    return yaml.safe_load(text) or {}
 
 
 def _fill_defaults(validator_class: type) -> type:
@@ -195,7 +210,8 @@ def result_neutral_of(config: dict) -> dict:
 
 
 def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> dict:
-    """Read a YAML config (or none), merge ``overrides`` into it and resolve it.
+    """Lay a YAML config (or none) over the embedded default, merge ``overrides`` into it and
+    resolve it: what ``snakemake --configfile path`` runs with.
 
     Raises:
         ConfigError: if the file is missing, not YAML, or does not fit the schema.
@@ -211,7 +227,7 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
             raise ConfigError(f"{path}: not valid YAML ({err})") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    merged = deep_merge(raw, overrides or {})
+    base = embedded_default()
     workflow = os.environ.get(ENV_CONFIG)
     if workflow:
         # a workflow job: its --set holds what it trains; how it runs comes from the config
@@ -219,10 +235,11 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
         # only for the sections the job was given: a job checks the config it runs under,
         # and another section's setting (adda.enabled) would bring that section's checks
         neutral = result_neutral_of(json.loads(workflow))
+        # (they win over the embedded default, not over the job's own settings)
         given = {k: v for k, v in neutral.items() if k in (overrides or {})}
-        merged = deep_merge(given, merged)
+        base = deep_merge(base, given)
     try:
-        return resolve_config(merged)
+        return resolve_config(deep_merge(base, deep_merge(raw, overrides or {})))
     except ConfigError as err:
         raise ConfigError(f"{path or 'defaults'}: {err}") from None
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from adseg.config import ConfigError, load_config, resolve_config
+from adseg.config import ConfigError, load_config, resolve_config, without_result_neutral
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +123,7 @@ def test_a_workflow_job_takes_result_neutral_settings_of_its_own_sections(monkey
     monkeypatch.setenv(ENV_CONFIG, json.dumps(workflow))
     job = load_config(None, {"train": {"lr": 0.01}})
     assert (job["train"]["workers"], job["train"]["device"], job["train"]["lr"]) == (3, "cpu", 0.01)
-    assert job["train"]["epochs"] == 40  # not neutral: only what --set gave (the default)
+    assert job["train"]["epochs"] == 30  # not neutral: only what --set gave (the default)
     cohort_job = load_config(None, {"dataset": {"source": "synthetic"}})
     assert cohort_job["train"]["workers"] == 0
 
@@ -133,3 +135,76 @@ def test_the_adda_switch_is_the_workflows_not_a_jobs():
     assert 'chosen.get("adda", {}).pop("enabled", None)' in text
     with pytest.raises(ConfigError, match="adda.enabled"):
         resolve_config({"adda": {"enabled": True}})
+
+
+def test_the_embedded_default_writes_out_the_schema_defaults():
+    """config/config.yaml and the schema agree, so `resolve_config({})` (library), `adseg
+    config` (CLI) and `snakemake` (workflow) start from one set of values."""
+    assert load_config(None) == resolve_config({})
+
+
+def test_a_config_file_is_laid_over_the_embedded_default(tmp_path, monkeypatch):
+    """Snakemake's rule, in the CLI too: mappings merge key by key, lists are replaced."""
+    from adseg import config as config_module
+
+    base = {
+        "train": {"epochs": 7, "network": {"features": [4, 8]}},
+        "preprocess": {"normalization": {"default": "none"}},
+    }
+    monkeypatch.setattr(config_module, "embedded_default", lambda: base)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train:\n  network:\n    features: [2, 4, 8]\nschemes: [ce]\n")
+    config = load_config(mine)
+    assert config["train"]["epochs"] == 7  # from the default, not the schema's 30
+    assert config["train"]["network"]["features"] == [2, 4, 8]
+    assert config["preprocess"]["normalization"]["default"] == "none"
+    assert config["schemes"] == ["ce"]
+
+
+def _readme_own_data_config() -> dict:
+    """The YAML example of the README's "Your own data" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Your own data") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```\n", 10)]
+    return yaml.safe_load(block)
+
+
+def test_the_readmes_own_data_config_resolves_as_the_readme_says(tmp_path, nnunet_cohort):
+    """`adseg config --config` and `snakemake --configfile` resolve the README's example to the
+    same values: the user's keys, the embedded default's CPU-sized network for the rest."""
+    from conftest import snakemake
+
+    raw = _readme_own_data_config()
+    root = nnunet_cohort(channels=("T2w", "ADC"), name="Dataset158_Prostate")
+    raw["dataset"]["path"] = str(root)
+    raw["results_dir"] = str(tmp_path / "results")
+    path = tmp_path / "prostate158.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    printed = subprocess.run(
+        [sys.executable, "-m", "adseg", "config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    config = yaml.safe_load(printed.stdout)
+    assert config["experiment"] == "prostate158"
+    assert config["dataset"]["source"] == "nnunet"
+    assert config["preprocess"]["target_spacing"] == "auto"
+    assert config["preprocess"]["reference_channel"] == "T2w"
+    embedded = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert config["train"]["network"] == {
+        **resolve_config({})["train"]["network"],
+        **embedded["train"]["network"],
+    }
+    assert config["train"]["epochs"] == embedded["train"]["epochs"]
+    assert config["schemes"] == embedded["schemes"]
+    # the workflow's own reading: the settings it hands the preprocessing and training jobs
+    run = snakemake("--dry-run", "--printshellcmds", "--configfile", str(path), timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    given = {}
+    for line in run.stdout.splitlines():
+        if "python -m adseg " in line and "--set '" in line:
+            given.update(json.loads(line.split("--set '")[1].split("'")[0]))
+    assert {"dataset", "preprocess", "train"} <= set(given)
+    for section in ("dataset", "preprocess", "train"):
+        assert given[section] == without_result_neutral(config, section), section

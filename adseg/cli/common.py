@@ -49,7 +49,11 @@ def add_command(
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=func)
     if config:
-        p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            help="your config YAML, laid over the embedded default config/config.yaml",
+        )
         p.add_argument("--set", metavar="JSON", help=set_help)
     return p
 

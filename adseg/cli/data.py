@@ -236,7 +236,8 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     add_command(
         sub,
         "config",
-        "Print a config with every default filled in (validates it).",
+        "Print the resolved config: yours laid over config/config.yaml, schema defaults filling "
+        "the rest (validates it).",
         _config,
         EXAMPLES["config"],
     )
