@@ -87,3 +87,9 @@ def test_readme_test_command_is_what_ci_runs():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
     assert "snakemake --cores all" in blocks[0]
+
+
+def test_default_config_shipped_with_package_is_the_workflows():
+    from adseg.config import embedded_default
+
+    assert embedded_default() == yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
