@@ -182,6 +182,17 @@ def phantom() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     return make_phantom
 
 
+def pytest_configure(config) -> None:
+    """``ADSEG_TEST_THREADS=N``: run the suite with ``torch.set_num_threads(N)``. Float
+    results may differ in their last bits between thread counts (a sum in another order);
+    the suite must hold at 1 thread and at the machine's."""
+    threads = os.environ.get("ADSEG_TEST_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 # Training settings small enough for a test to train a fold in seconds on one CPU thread.
 TINY_TRAIN = {
     "train": {

@@ -194,6 +194,27 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_experiment, tmp_path, monk
     assert read_json(split / "model.json")["epochs_trained"] == 3
 
 
+def test_a_run_repeats_bit_for_bit_on_one_machine_and_thread_count(tiny_experiment, tmp_path):
+    """What the README promises: the same config, machine and thread count give the same
+    weights and the same training log (but for its seconds). Another CPU or BLAS, or another
+    thread count, may sum in another order and differ in the last bits, then further."""
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for out in runs:
+        _train(tiny_experiment, out, "hybrid", train={"epochs": 2, "threads": 1})
+    a, b = (torch.load(out / "checkpoint_final.pt", weights_only=True) for out in runs)
+    for net in ("segmentor", "discriminator"):
+        assert a[net].keys() == b[net].keys()
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+
+    def log(out):
+        rows = [line.split("\t") for line in (out / "training_log.tsv").read_text().splitlines()]
+        keep = [i for i, name in enumerate(rows[0]) if name != "seconds"]
+        return [[row[i] for i in keep] for row in rows]
+
+    assert log(runs[0]) == log(runs[1])
+
+
 def test_resume_refuses_a_checkpoint_from_another_config(tiny_experiment, tmp_path):
     out = tmp_path / "fold"
     _train(tiny_experiment, out, train={"epochs": 1})
