@@ -292,6 +292,6 @@ def _finish(job: AddaJob, adapter: Adapter, history: list[dict], diagnostic: dic
     spec.pop("domains", None)
     engine.save_checkpoint({"segmentor": adapter.adapted_state()}, job.out / "checkpoint_final.pt")
     write_json(job.out / "domain_auc.json", diagnostic)
-    adda_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}")
+    adda_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}", a["loss"])
     write_json(job.out / "model.json", spec)
     return spec

@@ -98,13 +98,15 @@ def evaluate_fold(
 
 def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Path]:
     """``best.png``, ``median.png`` and ``worst.png``: the held-out cases ranked by the first
-    foreground label's Dice, among those with an expert lesion (all, if none has one).
+    foreground label's Dice, among those with an expert lesion (all, if none has one), each
+    drawn with that label's masks (:func:`adseg.plots.overlay_figure`).
 
     Fixed names: a new evaluation replaces the figures of the last one.
     """
     from adseg.plots import overlay
 
     first = next(r["label"] for r in rows)
+    value = spec["labels"][first]
     ranked = [r for r in rows if r["label"] == first]
     with_lesion = [r for r in ranked if r["volume_true_ml"] > 0]
     ranked = sorted(with_lesion or ranked, key=lambda r: -r["dice"])
@@ -121,7 +123,7 @@ def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Pat
             f"{spec.get('name', spec['scheme'])} fold {spec['fold']}, {rank}: {row['case_id']} "
             f"({first} Dice {row['dice']:.2f})"
         )
-        overlay(image, truth, pred, path, title)
+        overlay(image, truth == value, pred == value, path, title, structure=first)
         written.append(path)
     return written
 

@@ -8,23 +8,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adseg.plots import panel_curves, plt, save
+from adseg.plots import Panel, d_score_panel, panel_curves, plt, save
 
 
-def gan_curves(history: list[dict], path: Path, title: str) -> None:
-    """Losses, D's mean raw scores, and G's spread (synthesis) or held-out errors
-    (translation) against epoch."""
-    third = (
-        ("held-out MAE / SSIM", (("val_mae", "MAE"), ("val_ssim", "SSIM")))
-        if any("val_mae" in h for h in history)
-        else ("G's spread / real spread", (("std_ratio", "std ratio"),))
+def gan_panels(history: list[dict], d_loss: str | None) -> list:
+    """Losses, D's mean scores (``d_loss``: the recipe's loss, for what they are), and G's
+    spread (synthesis) or held-out errors (translation)."""
+    if any("val_mae" in h for h in history):
+        third = Panel(
+            "held-out MAE / SSIM",
+            "MAE (intensities in [-1, 1]) / SSIM",
+            (("val_mae", "MAE"), ("val_ssim", "SSIM")),
+        )
+    else:
+        third = Panel(
+            "G's spread / real spread",
+            "std(G's batch) / std(real batch)",
+            (("std_ratio", "spread ratio"),),
+            reference=(1.0, "real spread (1)"),
+        )
+    losses = (
+        ("loss_d", "D loss L_D"),
+        ("loss_g", "G's adversarial term L_G"),
+        ("loss_l1", "L1 to the real target"),
     )
-    panels = [
-        ("losses", (("loss_d", "L_D"), ("loss_g", "L_G (adversarial)"), ("loss_l1", "L1"))),
-        ("mean discriminator score", (("d_real", "D(real)"), ("d_fake", "D(fake)"))),
-        third,
-    ]
-    panel_curves(history, path, title, panels)
+    return [Panel("losses", "loss", losses), d_score_panel(d_loss, "real", "generated"), third]
+
+
+def gan_curves(history: list[dict], path: Path, title: str, d_loss: str | None = None) -> None:
+    """The GAN tasks' learning curves (:func:`gan_panels`)."""
+    panel_curves(history, path, title, gan_panels(history, d_loss))
 
 
 def image_grid(

@@ -354,7 +354,8 @@ def _finish(job: GanJob, trainer: SynthesisTrainer, history: list[dict], evaluat
     # the last epoch always draws its grid
     last = job.out / "samples" / f"epoch_{len(history):04d}.png"
     copy_file(last, job.out / "samples.png")
-    gan_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}")
+    title = f"{job.name} fold {job.fold}"
+    gan_curves(history, job.out / "learning_curves.png", title, job.recipe["loss"])
     # model.json last: its presence marks a complete folder
     write_json(job.out / "model.json", spec)
     logger.info(

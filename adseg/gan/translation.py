@@ -368,6 +368,7 @@ def _finish(job: GanJob, trainer: TranslationTrainer, history: list[dict]) -> di
         "final_val": {m: last.get(f"val_{m}") for m in METRICS},
     }
     engine.save_checkpoint(trainer.weights(), job.out / "checkpoint_final.pt")
-    gan_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}")
+    title = f"{job.name} fold {job.fold}"
+    gan_curves(history, job.out / "learning_curves.png", title, job.recipe["loss"])
     write_json(job.out / "model.json", spec)
     return spec

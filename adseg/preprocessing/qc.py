@@ -3,7 +3,8 @@
 - ``overview.png``: spacing per scanner domain, intensity per channel and domain, label
   volumes and the effect of cropping, from ``qc.tsv``;
 - ``cases/<case>.png``: every channel of the preprocessed case at the slice with the most
-  label voxels (the middle slice if it has none), with the expert contour on top.
+  label voxels (the middle slice if it has none), with the expert contour on top (green,
+  as in every adseg figure: :data:`adseg.plots.EXPERT_COLOUR`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
+from matplotlib.ticker import MaxNLocator
 
 from adseg.guard import check_output, claim
 from adseg.io import atomic_dir, read_json
 from adseg.log import progress
-from adseg.plots import save
+from adseg.plots import EXPERT_COLOUR, contour_key, save
 
 
 def read_tsv(path: str | Path) -> list[dict]:
@@ -33,6 +35,38 @@ def _by_domain(rows: list[dict], column: str) -> dict[str, np.ndarray]:
         if row.get(column, "") != "":
             out.setdefault(row["domain"], []).append(float(row[column]))
     return {d: np.asarray(v) for d, v in sorted(out.items())}
+
+
+def crop_panel(ax: plt.Axes, crop: dict[str, np.ndarray]) -> None:
+    """The fraction of voxels each case keeps after the crop to non-zero, per domain: one
+    dot a case with the domain's range written beside it, or one sentence when every case
+    keeps the same fraction (a spread under 0.001)."""
+    ax.set_title("Crop to non-zero")
+    values = np.concatenate(list(crop.values())) if crop else np.empty(0)
+    if values.size == 0 or np.ptp(values) < 1e-3:
+        text = (
+            f"all {values.size} cases keep\n{values.mean():.3f} of their voxels"
+            if values.size
+            else "no crop recorded"
+        )
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+        ax.set(xticks=[], yticks=[])
+        return
+    jitter = np.random.default_rng(0)
+    for i, v in enumerate(crop.values()):
+        ax.scatter(i + jitter.uniform(-0.15, 0.15, v.size), v, s=10, alpha=0.6)
+        ax.annotate(
+            f"n={v.size}\n{v.min():.3f}–{v.max():.3f}",
+            (i, v.max()),
+            xytext=(0, 6),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_xticks(range(len(crop)), [f"domain {d}" for d in crop])
+    ax.set_xlim(-0.6, len(crop) - 0.4)
+    ax.margins(y=0.25)
+    ax.set_ylabel("kept fraction of voxels")
 
 
 def overview_figure(
@@ -62,13 +96,12 @@ def overview_figure(
     primary = "lesion" if "lesion" in labels else labels[0]
     vols = _by_domain(rows, f"{primary}_ml")
     axes[0, 1].hist(list(vols.values()), bins=20, label=[f"domain {d}" for d in vols], stacked=True)
+    axes[0, 1].yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of cases
     axes[0, 1].set(
         xlabel=f"{primary} volume (mL)", ylabel="cases", title=f"{primary} volume per case"
     )
     axes[0, 1].legend()
-    crop = _by_domain(rows, "crop_fraction")
-    axes[0, 2].boxplot(list(crop.values()), tick_labels=list(crop))
-    axes[0, 2].set(xlabel="domain", ylabel="kept fraction of voxels", title="Crop to non-zero")
+    crop_panel(axes[0, 2], _by_domain(rows, "crop_fraction"))
     for ax in axes[0, 3:]:
         ax.axis("off")
     for ax, name in zip(axes[1], channel_names, strict=False):
@@ -87,7 +120,7 @@ def overview_figure(
 
 
 def case_figure(preprocessed: Path, case_id: str, channel_names: list[str], out: Path) -> None:
-    """Write the per-case PNG: each channel at the slice with most label, expert contour."""
+    """Write the per-case PNG (:func:`case_panels`) of a preprocessed case."""
     arrays = [
         sitk.GetArrayFromImage(
             sitk.ReadImage(str(preprocessed / "imagesTr" / f"{case_id}_{c:04d}.nii.gz"))
@@ -96,20 +129,34 @@ def case_figure(preprocessed: Path, case_id: str, channel_names: list[str], out:
     ]
     label_path = preprocessed / "labelsTr" / f"{case_id}.nii.gz"
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path))) if label_path.exists() else None
+    save(case_panels(arrays, label, channel_names, case_id), out)
+
+
+def case_panels(
+    arrays: list[np.ndarray], label: np.ndarray | None, channel_names: list[str], case_id: str
+) -> plt.Figure:
+    """Each channel ``(z, y, x)`` at the slice with most label voxels (the middle slice if
+    there are none), the expert's contour (any label) in :data:`adseg.plots.EXPERT_COLOUR`."""
     z = arrays[0].shape[0] // 2
     if label is not None and label.any():
         z = int(np.argmax((label > 0).sum(axis=(1, 2))))
-    fig, axes = plt.subplots(1, len(arrays), figsize=(3.2 * len(arrays), 3.4), squeeze=False)
+    drawn = label is not None and label[z].any()
+    fig, axes = plt.subplots(
+        1, len(arrays), figsize=(3.2 * len(arrays), 3.7), squeeze=False, layout="constrained"
+    )
     for ax, arr, name in zip(axes[0], arrays, channel_names, strict=True):
         lo, hi = np.percentile(arr[z], [1, 99])
         # image row 0 is the first voxel row; origin="lower" keeps anterior/posterior as stored
         ax.imshow(arr[z], cmap="gray", vmin=lo, vmax=hi, origin="lower")
-        if label is not None and label[z].any():
-            ax.contour(label[z] > 0, levels=[0.5], colors="tab:red", linewidths=1.0, origin="lower")
+        if drawn:
+            # no origin here: contour's "lower" puts voxel centres half a voxel off imshow's
+            ax.contour(label[z] > 0, levels=[0.5], colors=EXPERT_COLOUR, linewidths=1.0)
         ax.set_title(name)
         ax.axis("off")
-    fig.suptitle(f"{case_id}  slice {z}", fontsize=10)
-    save(fig, out)
+    if drawn:
+        fig.legend(handles=contour_key(prediction=False), loc="outside lower center", fontsize=8)
+    fig.suptitle(f"{case_id}  slice {z}" + ("" if drawn else " (no expert label)"), fontsize=10)
+    return fig
 
 
 def qc_report(

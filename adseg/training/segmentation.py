@@ -188,7 +188,13 @@ def _finish(job: TrainJob, trainer: SegmentorTrainer, history: list[dict]) -> di
     if trainer.disc is not None:
         spec["quality_threshold"] = quality_threshold(trainer, job)
     engine.save_checkpoint(trainer.weights(), job.out / "checkpoint_final.pt")
-    learning_curves(history, job.out / "learning_curves.png", f"{job.name} fold {job.fold}")
+    learning_curves(
+        history,
+        job.out / "learning_curves.png",
+        f"{job.name} fold {job.fold}",
+        job.scheme,
+        job.config["adversarial"]["loss"],
+    )
     # model.json last: its presence marks a complete folder
     write_json(job.out / "model.json", spec)
     return spec
