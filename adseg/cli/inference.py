@@ -12,11 +12,23 @@ EXAMPLE = "adseg predict -i scans/ -o masks/ -m results/default/hybrid"
 DESCRIPTION = """\
 Segment new scans with a trained model folder (all folds as an ensemble).
 
-The channels the model expects, and their order, are read from its model.json
-(channel_names, e.g. 0000 T2w, 0001 ADC, 0002 DWI) and logged at the start: give
-exactly those channels, each once, in that order (a folder: <case>_<channel:04d>.nii.gz).
-Scans are checked before anything is written: readable and complete, not empty or
-constant, and each channel in world register with the reference channel.
+Channels: the model takes the channels listed, in order, under "channel_names" in its
+model.json (<model>/fold_<k>/model.json, e.g. ["T2w", "ADC", "DWI"]); predict logs
+them and the label names at the start, e.g.
+  <model> (fold(s) 0, 1) expects 3 channel(s), in this order: 0000 = T2w,
+  0001 = ADC, 0002 = DWI (model.json channel_names); labels: 0 = background, ...
+Files are matched to channels by their names and their order only, never by content:
+  a folder   <case>_0000.nii.gz is channel 0000 (T2w above), <case>_0001.nii.gz
+             channel 0001 (ADC), ... (nnU-Net naming; .nii too), or one 4-D
+             <case>_0000.nii.gz holding every channel as a volume, in that order;
+  files      the channel files of one case, the first file channel 0000, the next
+             0001, ... (files named <case>_<k:04d> must be listed 0000, 0001, ...),
+             or one 4-D file, volume k channel k.
+A missing, extra or repeated channel is refused with the order above; a swap (an ADC
+file named _0000) cannot be seen and gives a wrong mask, so check the names against
+the start-up line. Scans are checked before anything is written: readable and
+complete, not empty or constant, and each channel in world register with the
+reference channel.
 
 The output folder is never an input, inside one or holding one. predictions.csv records
 per case the fingerprints of the model and of the input files; a rerun skips a finished
@@ -40,9 +52,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         type=Path,
         nargs="+",
         required=True,
-        help="a folder of <case>_<channel:04d>.nii.gz files, or the channel files of one case "
-        "in the model's channel order (or one 4-D file); the channels and their order are "
-        "read from the model's model.json (channel_names)",
+        help="a folder of <case>_<k:04d>.nii.gz files (k: the channel's place in model.json "
+        "channel_names), or the channel files of one case in that order, or one 4-D file "
+        "with the channels as volumes in that order",
     )
     p.add_argument(
         "-o",
@@ -51,7 +63,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="output folder (not an input, nor inside or around one)",
     )
-    p.add_argument("-m", "--model", type=Path, required=True, help="model folder (<scheme>/)")
+    p.add_argument(
+        "-m",
+        "--model",
+        type=Path,
+        required=True,
+        help="model folder: <scheme>/ (all its fold_<k>/) or one fold_<k>/",
+    )
     p.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: all)")
     p.add_argument("--tta", action="store_true", help="average over mirrored inputs")
     p.add_argument(
@@ -76,8 +94,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _predict(args) -> None:
     from adseg.guard import check_output
+    from adseg.inference.inputs import check_exists
 
-    # the guard first: it needs no torch, so a wrong -o is refused at once
+    # paths and the guard first: they need no torch, so a wrong -m, -i or -o is refused at once
+    check_exists(args.input, args.model)
     check_output(args.out, [*args.input, args.model], overwrite=args.overwrite)
     from adseg.inference.predict import PredictOptions, predict
 

@@ -4,8 +4,13 @@ Both commands take a folder of ``<case>_<channel:04d>.nii.gz`` files (nnU-Net na
 files of one case, check every file before any work (:class:`PredictError` names the file and
 the problem), and keep one summary row per case in a CSV that a rerun extends.
 
-A case gets exactly the model's channels: a folder's extra channel files, two files for one
-channel, and a per-case list that is not the channels in order are refused.
+A case gets exactly the model's channels, matched by file name and position only (never by
+content): in a folder ``<case>_0000`` is the model's first channel (``channel_names[0]`` of
+its ``model.json``), ``_0001`` its second, and so on, or one 4-D ``<case>_0000`` holds them
+all as volumes in that order; listed files are the channels in the order given. A folder's
+extra channel files, two files for one channel, and a per-case list that is not the
+channels in order are refused, each error naming the model's channel order
+(:func:`channel_order`).
 :func:`check_images` then reads every file as validation does (empty, damaged or truncated
 files, NaN/inf voxels; :func:`adseg.data.checks.read_nifti`), refuses an empty or constant
 channel, and places each channel against the reference channel in world space
@@ -50,6 +55,34 @@ class InputCase:
         return self.channels[0].path
 
 
+def channel_order(channel_names: list[str]) -> str:
+    """The model's channels as its files are numbered: ``0000 = T2w, 0001 = ADC``."""
+    return ", ".join(f"{k:04d} = {name}" for k, name in enumerate(channel_names))
+
+
+def expected_channels(channel_names: list[str]) -> str:
+    """What every channel error ends with: the model's channels, in order."""
+    return (
+        f"the model takes {len(channel_names)} channel(s), in this order: "
+        f"{channel_order(channel_names)}"
+    )
+
+
+def check_exists(inputs: list[Path], model: Path | None = None) -> None:
+    """Refuse a model folder or an input that does not exist, naming it, before any other
+    check (a wrong path would otherwise be reported as a folder without a model, or a file
+    name that is not NIfTI).
+
+    Raises:
+        PredictError: ``<model>: no such model folder``, ``<input>: no such file or folder``.
+    """
+    if model is not None and not Path(model).exists():
+        raise PredictError(f"{model}: no such model folder")
+    for path in inputs:
+        if not Path(path).exists():
+            raise PredictError(f"{path}: no such file or folder")
+
+
 def nifti_stem(path: Path) -> str:
     """``path``'s file name without its ``.nii``/``.nii.gz`` suffix.
 
@@ -81,31 +114,37 @@ def count_volumes(path: Path) -> int:
     raise PredictError(f"{path}: a {len(shape)}-D image; expected 3-D, or 4-D with channels")
 
 
-def _case_from_files(case_id: str, files: list[Path], n_channels: int) -> InputCase:
+def _case_from_files(case_id: str, files: list[Path], channel_names: list[str]) -> InputCase:
+    n_channels = len(channel_names)
     if len(files) == 1 and n_channels > 1:
         found = count_volumes(files[0])
         if found != n_channels:
             raise PredictError(
-                f"{files[0]}: {found} volume(s); the model needs {n_channels} channels"
+                f"{files[0]}: {found} volume(s); one file must hold every channel as a volume, "
+                f"and {expected_channels(channel_names)}"
             )
         return InputCase(case_id, [ChannelSource(files[0], k) for k in range(n_channels)])
     if len(files) != n_channels:
         raise PredictError(
             f"case {case_id!r}: {len(files)} channel file(s) "
-            f"({', '.join(str(f) for f in files)}); the model needs {n_channels}"
+            f"({', '.join(str(f) for f in files)}); {expected_channels(channel_names)}"
         )
     for path in files:
         if count_volumes(path) != 1:
-            raise PredictError(f"{path}: 4-D; give one 3-D file per channel or one 4-D file")
+            raise PredictError(
+                f"{path}: 4-D; give one 3-D file per channel, or one 4-D file holding every "
+                f"channel; {expected_channels(channel_names)}"
+            )
     return InputCase(case_id, [ChannelSource(p, None) for p in files])
 
 
-def _names(channel_names: list[str]) -> str:
-    return ", ".join(f"{k:04d} {name}" for k, name in enumerate(channel_names))
-
-
-def channel_files(folder: Path) -> dict[str, dict[int, Path]]:
+def channel_files(
+    folder: Path, channel_names: list[str] | None = None
+) -> dict[str, dict[int, Path]]:
     """A folder's NIfTI files in nnU-Net naming, by case and channel index.
+
+    Args:
+        channel_names: the model's channels, named in the error for a misnamed file.
 
     Raises:
         PredictError: a file not named ``<case>_<channel:04d>.nii.gz``, two files of one
@@ -117,7 +156,8 @@ def channel_files(folder: Path) -> dict[str, dict[int, Path]]:
             continue
         match = CHANNEL_FILE.match(nifti_stem(path))
         if not match:
-            raise PredictError(f"{path}: name is not <case>_<channel:04d>.nii.gz")
+            order = f"; {expected_channels(channel_names)}" if channel_names else ""
+            raise PredictError(f"{path}: name is not <case>_<channel:04d>.nii.gz{order}")
         by_channel = groups.setdefault(match["case"], {})
         k = int(match["channel"])
         if k in by_channel:
@@ -153,8 +193,7 @@ def _check_listed(files: list[Path], channel_names: list[str]) -> None:
     if indices != list(range(len(files))):
         raise PredictError(
             f"{', '.join(map(str, files))}: named for channels "
-            f"{', '.join(f'{k:04d}' for k in indices)}; the model takes "
-            f"{_names(channel_names)}, in that order"
+            f"{', '.join(f'{k:04d}' for k in indices)}; {expected_channels(channel_names)}"
         )
 
 
@@ -162,31 +201,38 @@ def collect_inputs(inputs: list[Path], channel_names: list[str]) -> list[InputCa
     """Cases from a folder in nnU-Net naming, or from the channel files of one case in order.
 
     Raises:
-        PredictError: a missing, extra or duplicate channel, a file that is not NIfTI or not
-            readable.
+        PredictError: a path that does not exist, a missing, extra or duplicate channel, a
+            file that is not NIfTI or not readable; a channel error names the model's order.
     """
+    check_exists(inputs)
     n = len(channel_names)
     if len(inputs) == 1 and inputs[0].is_dir():
-        groups = channel_files(inputs[0])
+        groups = channel_files(inputs[0], channel_names)
         extra = sorted(str(p) for g in groups.values() for k, p in g.items() if k >= n)
         if extra:
             raise PredictError(
-                f"{', '.join(extra)}: channel file(s) the model does not take; it takes "
-                f"{n} channel(s): {_names(channel_names)}"
+                f"{', '.join(extra)}: channel file(s) the model does not take; "
+                f"{expected_channels(channel_names)}"
             )
         cases = []
         for case_id, by_channel in groups.items():
-            if set(by_channel) == {0}:
-                cases.append(_case_from_files(case_id, [by_channel[0]], n))
+            if set(by_channel) == {0} and n > 1 and count_volumes(by_channel[0]) > 1:
+                cases.append(_case_from_files(case_id, [by_channel[0]], channel_names))
                 continue
-            missing = [f"{k:04d} ({channel_names[k]})" for k in range(n) if k not in by_channel]
-            if missing:
-                raise PredictError(f"case {case_id!r} lacks channel {', '.join(missing)}")
-            cases.append(_case_from_files(case_id, [by_channel[k] for k in range(n)], n))
+            absent = [k for k in range(n) if k not in by_channel]
+            if absent:
+                raise PredictError(
+                    f"case {case_id!r} lacks channel "
+                    f"{', '.join(f'{k:04d} ({channel_names[k]})' for k in absent)}: no "
+                    f"{', '.join(f'{case_id}_{k:04d}.nii.gz' for k in absent)} in {inputs[0]}; "
+                    f"{expected_channels(channel_names)}"
+                )
+            files = [by_channel[k] for k in range(n)]
+            cases.append(_case_from_files(case_id, files, channel_names))
         return cases
     files = list(inputs)
     match = CHANNEL_FILE.match(stem := nifti_stem(files[0]))
-    case = _case_from_files(match["case"] if match else stem, files, n)
+    case = _case_from_files(match["case"] if match else stem, files, channel_names)
     _check_listed(files, channel_names)
     return [case]
 

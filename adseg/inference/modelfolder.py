@@ -173,8 +173,17 @@ def read_model(
     read: Callable[[Path], Any] = read_fold,
 ) -> list:
     """All (or the chosen) folds of a model folder ``<scheme>/`` (or one ``fold_<k>/``),
-    each read by ``read`` (a segmentor's :func:`read_fold` by default)."""
+    each read by ``read`` (a segmentor's :func:`read_fold` by default).
+
+    Raises:
+        ModelError: no such folder, a file, a folder with neither ``model.json`` nor
+            ``fold_*`` folders, or folds it does not have.
+    """
     folder = Path(folder)
+    if not folder.exists():
+        raise ModelError(f"{folder}: no such model folder")
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: a file; give the model folder (<scheme>/ or fold_<k>/)")
     if (folder / "model.json").is_file():
         model = read(folder)
         fold = model.spec.get("fold")

@@ -44,6 +44,8 @@ from adseg.guard import check_output, claim, owned
 from adseg.inference.inputs import (
     InputCase,
     PredictError,
+    channel_order,
+    check_exists,
     check_images,
     collect_inputs,
     read_summary,
@@ -85,6 +87,20 @@ def check_models(models: list[FoldModel]) -> None:
                 )
         if m.plan.to_dict() != first.plan.to_dict():
             raise PredictError(f"{m.folder}: preprocessing differs from {first.folder}")
+
+
+def describe_model(model_dir: str | Path, models: list[FoldModel]) -> str:
+    """The start-up line: the channels the model expects, in order, and its labels, e.g.
+    ``<model> (fold(s) 0, 1) expects 3 channel(s), in this order: 0000 = T2w, 0001 = ADC,
+    0002 = DWI (model.json channel_names); labels: 0 = background, 1 = lesion``."""
+    spec = models[0].spec
+    names = spec["channel_names"]
+    folds = ", ".join(str(m.spec.get("fold")) for m in models)
+    labels = ", ".join(f"{v} = {k}" for k, v in sorted(spec["labels"].items(), key=lambda i: i[1]))
+    return (
+        f"{model_dir} (fold(s) {folds}) expects {len(names)} channel(s), in this order: "
+        f"{channel_order(names)} (model.json channel_names); labels: {labels}"
+    )
 
 
 def check_writable(out: Path, command: str | None = None) -> None:
@@ -283,17 +299,13 @@ def predict(
     """
     from adseg.training.engine import pick_device
 
+    check_exists([Path(p) for p in inputs], Path(model_dir))
     check_output(out, [*inputs, model_dir], overwrite=opts.overwrite)
     out = Path(out)
     models = read_model(model_dir, opts.folds)
     check_models(models)
+    logger.info("%s", describe_model(model_dir, models))
     names = models[0].spec["channel_names"]
-    logger.info(
-        "%s expects %d channel(s), in this order: %s",
-        model_dir,
-        len(names),
-        ", ".join(f"{k:04d} {name}" for k, name in enumerate(names)),
-    )
     cases = collect_inputs([Path(p) for p in inputs], names)
     provenance = check_cases(cases, models)
     device = pick_device(opts.device)

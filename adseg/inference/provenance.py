@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from adseg.inference.inputs import InputCase, PredictError
+from adseg.inference.inputs import InputCase, PredictError, expected_channels
 from adseg.log import logger
 
 SHORT = 16  # hex digits of a SHA-256 kept in predictions.csv
@@ -81,7 +81,7 @@ def check_distinct_channels(case: InputCase, names: list[str], cache: dict[Path,
             first, first_name = seen[digest]
             raise PredictError(
                 f"{source.path}: the same bytes as {first}; {name} and {first_name} are one "
-                "image given twice"
+                f"image given twice; {expected_channels(names)}"
             )
         seen.setdefault(digest, (source.path, name))
 

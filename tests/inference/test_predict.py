@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_input_errors_name_the_file(tmp_path):
     files[1].unlink()
     with pytest.raises(PredictError, match=r"case 'a' lacks channel 0001 \(ADC\)"):
         collect_inputs([tmp_path / "in"], CHANNELS)
-    with pytest.raises(PredictError, match="model needs 3"):
+    with pytest.raises(PredictError, match="the model takes 3 channel"):
         collect_inputs([files[0], files[2]], CHANNELS)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
@@ -146,6 +147,36 @@ def test_nan_voxels_and_bad_model_folders_stop_before_any_work(model_dir, tmp_pa
 
     with pytest.raises(ModelError, match="no fold\\(s\\) \\[3\\]"):
         predict(files, out, model_dir, PredictOptions(folds=[3], show_progress=False))
+
+
+def test_the_start_up_line_gives_the_channel_order_before_any_input_error(
+    model_dir, tmp_path, caplog
+):
+    files = _write_case(tmp_path / "in", "a", "ras")
+    files[1].unlink()
+    with caplog.at_level("INFO", logger="adseg"), pytest.raises(PredictError, match="0001"):
+        predict([tmp_path / "in"], tmp_path / "out", model_dir, PredictOptions())
+    said = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert said[0] == (
+        f"{model_dir} (fold(s) 0, 1) expects 3 channel(s), in this order: 0000 = T2w, "
+        "0001 = ADC, 0002 = DWI (model.json channel_names); labels: 0 = background, 1 = lesion"
+    )
+
+
+def test_a_model_path_that_is_no_model_folder_says_what_it_is(tmp_path):
+    from adseg.inference.modelfolder import ModelError, read_model
+
+    with pytest.raises(
+        ModelError, match=f"^{re.escape(str(tmp_path / 'nowhere'))}: no such model folder$"
+    ):
+        read_model(tmp_path / "nowhere")
+    with pytest.raises(
+        ModelError, match=f"^{re.escape(str(tmp_path))}: no model.json and no fold_\\* folders$"
+    ):
+        read_model(tmp_path)
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(ModelError, match="model.json: a file; give the model folder"):
+        read_model(tmp_path / "model.json")
 
 
 def test_finished_cases_are_skipped_unless_overwrite(model_dir, tmp_path):

@@ -179,9 +179,13 @@ def test_the_files_of_one_case_must_be_its_channels_each_once_in_order(model, tm
     with pytest.raises(PredictError, match="named for channels 0001, 0000, 0002"):
         collect_inputs([files[1], files[0], files[2]], CHANNELS)
     with pytest.raises(PredictError, match=r"4 channel file\(s\) \(.*a_0000.nii.gz"):
-        collect_inputs([*files, files[0].with_name("b_0003.nii.gz")], CHANNELS)
+        collect_inputs(
+            [*files, shutil.copy(files[0], files[0].with_name("b_0003.nii.gz"))], CHANNELS
+        )
     copied = shutil.copy(files[0], tmp_path / "t2w_again.nii.gz")
-    with pytest.raises(PredictError, match="t2w_again.nii.gz: the same bytes as .*a_0000"):
+    with pytest.raises(
+        PredictError, match="t2w_again.nii.gz: the same bytes as .*a_0000.*ADC and T2w .*0001 = ADC"
+    ):
         predict([files[0], copied, files[2]], tmp_path / "out", model, PredictOptions())
     assert not (tmp_path / "out").exists()
 
@@ -259,7 +263,7 @@ def test_a_rerun_with_another_model_is_refused_unless_overwrite(model, tmp_path)
     out = tmp_path / "out"
     first = _cli("-i", tmp_path / "in", "-o", out, "-m", model / "fold_0")
     assert first.returncode == 0, first.stderr
-    assert "expects 3 channel(s), in this order: 0000 T2w, 0001 ADC, 0002 DWI" in first.stderr
+    assert "(fold(s) 0) expects 3 channel(s), in this order: 0000 = T2w, 0001 = ADC" in first.stderr
     rows = _rows(out / "predictions.csv")
     given = [tmp_path / "in" / f"a_{k:04d}.nii.gz" for k in range(3)]
     assert rows["a"]["input_files"] == "; ".join(map(str, given))
