@@ -108,3 +108,22 @@ def test_every_registered_scheme_has_a_row_and_an_unknown_one_is_refused(tmp_pat
     rows.append(_row("focal", 0, "c0", "P0", 0.5, 0.5))
     with pytest.raises(ValueError, match="unknown scheme.*focal"):
         summarize(_write(tmp_path / "more", rows), tmp_path / "exp2", "test", 0.5)
+
+
+def test_the_readmes_results_table_has_the_summarys_columns_and_rows(tmp_path):
+    """The README's table is copied from a run's summary.md: same header, same scheme and
+    loss cells, in the same order (a column the summary lacks would show up here)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### What the default run reaches") :]
+    table = [line for line in section.split("\n\n")[2].splitlines() if line.startswith("|")]
+    rows = [
+        _row(scheme, i % 4, f"c{i}", f"P{i}", 0.5, 0.5)
+        for scheme in ("ce", "adversarial", "hybrid")
+        for i in range(8)
+    ]
+    text = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5).read_text()
+    written = text[text.index("| training scheme") :].split("\n\n")[0].splitlines()
+    assert table[:2] == written[:2]
+    assert [r.split(" | ")[:2] for r in table[2:]] == [r.split(" | ")[:2] for r in written[2:]]
