@@ -239,7 +239,9 @@ def _add_translate(tasks: argparse._SubParsersAction) -> None:
 def _translate(args) -> None:
     from adseg.gan.inference import translate_scans
     from adseg.guard import writing
+    from adseg.inference.inputs import check_exists
 
+    check_exists(args.input, args.model)  # a wrong path named as such, before anything else
     with writing(args.out, "gan translate", [args.model, *args.input], args.overwrite):
         summary = translate_scans(
             args.input,

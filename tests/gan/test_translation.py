@@ -142,6 +142,30 @@ def test_translate_reports_bad_input_before_any_work(trained, tiny_experiment, t
     run = adseg("gan", "translate", "-m", str(model), "-i", str(scans), "-o", str(scans))
     assert run.returncode == 1 and "the output folder is the input folder" in run.stderr
     assert sorted(p.name for p in scans.iterdir()) == ["t2_0000.nii.gz"]
+    # a wrong path is named as such, not as a file that is not NIfTI
+    run = adseg(
+        "gan",
+        "translate",
+        "-m",
+        str(model),
+        "-i",
+        str(tmp_path / "nope"),
+        "-o",
+        str(tmp_path / "o"),
+    )
+    assert run.returncode == 1 and f"{tmp_path / 'nope'}: no such file or folder" in run.stderr
+    run = adseg(
+        "gan",
+        "translate",
+        "-m",
+        str(tmp_path / "nomodel"),
+        "-i",
+        str(scans),
+        "-o",
+        str(tmp_path / "o"),
+    )
+    assert run.returncode == 1 and f"{tmp_path / 'nomodel'}: no such model folder" in run.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_synthesis_command_refuses_a_translation_model(trained, tmp_path):
