@@ -182,6 +182,17 @@ def phantom() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     return make_phantom
 
 
+def assert_roles_disjoint(spec: dict, dataset: dict) -> None:
+    """No test patient in a model's training or validation (selection) cases: the check of
+    every model folder a test trains (segmentation schemes, ADDA, GAN tasks)."""
+    patient = {c: m["patient_id"] for c, m in dataset["cases"].items()}
+    fitted = {patient[c] for c in spec["train_cases"] + spec.get("target_cases", [])}
+    selected = {patient[c] for c in spec["val_cases"] + spec.get("target_val_cases", [])}
+    tested = {patient[c] for c in spec["test_cases"]}
+    assert spec["val_cases"] and spec["test_cases"]
+    assert not tested & (fitted | selected) and not fitted & selected
+
+
 def pytest_configure(config) -> None:
     """``ADSEG_TEST_THREADS=N``: run the suite with ``torch.set_num_threads(N)``. Float
     results may differ in their last bits between thread counts (a sum in another order);

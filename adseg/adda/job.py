@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adseg.data.splits import case_meta_from_dataset, validate_splits
+from adseg.data.splits import case_meta_from_dataset, fold_cases
 from adseg.inference.modelfolder import read_fold
 from adseg.io import read_json
 from adseg.training.job import downsampling
@@ -44,20 +44,21 @@ class AddaJob:
                 f"source domain {a['source']!r} (adda.source)"
             )
         dataset = read_json(self.preprocessed / "dataset.json")
-        folds = validate_splits(read_json(splits), case_meta_from_dataset(dataset), "splits")
-        entry = folds["folds"][fold] if 0 <= fold < len(folds["folds"]) else None
-        if entry is None:
-            raise ValueError(f"fold {fold} is outside the splits: {len(folds['folds'])} folds")
-        domain = {c: dataset["cases"][c]["domain"] for c in entry["train"] + entry["val"]}
+        entry = fold_cases(read_json(splits), fold, case_meta_from_dataset(dataset), "splits")
+        domain = {c: dataset["cases"][c]["domain"] for c in dataset["cases"]}
 
         def of(cases, d):
             return [c for c in cases if domain[c] == d]
 
+        # fitted on the inner training patients (target ones without labels), checked on the
+        # inner validation ones, tested on the fold's held-out patients
         self.source_train = of(entry["train"], a["source"])
         self.target_train = of(entry["train"], a["target"])
         self.source_val = of(entry["val"], a["source"])
         self.target_val = of(entry["val"], a["target"])
-        self.test_cases = list(entry["val"])
+        self.test_cases = list(entry["test"])
+        self.source_test = of(entry["test"], a["source"])
+        self.target_test = of(entry["test"], a["target"])
         if a["source"] == a["target"]:
             problems.append(f"adda.source and adda.target are both {a['source']!r}")
         for name, cases in (

@@ -100,9 +100,10 @@ def domain_auc(
 
 
 def diagnostic_cases(job: AddaJob) -> tuple[dict, dict]:
-    """The fold's training and held-out case ids per side, for :func:`domain_diagnostic`."""
+    """The fold's training and held-out (test) case ids per side, for
+    :func:`domain_diagnostic`: a measurement, so it may see the test patients' images."""
     train = {"source": job.source_train, "target": job.target_train}
-    test = {"source": job.source_val, "target": job.target_val}
+    test = {"source": job.source_test, "target": job.target_test}
     return train, test
 
 

@@ -245,9 +245,11 @@ class TrackedJob:
     def __init__(self, job: AddaJob) -> None:
         self.name = self.scheme = job.name
         self.fold, self.out, self.preprocessed = job.fold, job.out, job.preprocessed
+        self.config = job.config
         self.spec = {
             "train_cases": job.source_train + job.target_train,
-            "val_cases": job.test_cases,
+            "val_cases": job.source_val + job.target_val,
+            "test_cases": job.test_cases,
         }
 
 
@@ -273,6 +275,7 @@ def _finish(job: AddaJob, adapter: Adapter, history: list[dict], diagnostic: dic
         "train_cases": job.source_train,
         "target_cases": job.target_train,
         "val_cases": job.source_val,
+        "target_val_cases": job.target_val,
         "test_cases": job.test_cases,
         # D judged domains, not label maps: no quality check at predict time
         "discriminator": None,

@@ -178,6 +178,7 @@ def _add_splits(sub: argparse._SubParsersAction) -> None:
 
 def _splits(args) -> None:
     from adseg.data.splits import (
+        add_inner_splits,
         case_meta_from_dataset,
         describe_splits,
         make_splits,
@@ -194,11 +195,18 @@ def _splits(args) -> None:
     inputs = [args.preprocessed, user_file, *cohort_of(args.preprocessed)]
     check_file(args.out, read_inputs(args, *inputs))
     cases = case_meta_from_dataset(read_json(args.preprocessed / "dataset.json"))
+    folds = config["folds"]
     if user_file:
         splits = validate_splits(read_json(user_file), cases, str(user_file))
+        if not all("inner_val" in f for f in splits["folds"]):
+            # the user's outer folds as given; model selection gets its own patients
+            splits = add_inner_splits(
+                splits, cases, folds["inner_val_fraction"], folds["seed"], folds["stratify"]
+            )
     else:
-        folds = config["folds"]
-        splits = make_splits(cases, folds["n"], folds["seed"], folds["stratify"])
+        splits = make_splits(
+            cases, folds["n"], folds["seed"], folds["stratify"], folds["inner_val_fraction"]
+        )
     write_json(args.out, splits)
     print(describe_splits(splits, cases))
 

@@ -1,8 +1,12 @@
 """Patient-level cross-validation folds, stratified by lesion presence and scanner domain.
 
-All scans (visits) of one patient land in the same fold, so a model is never validated on a
-patient it saw in training. ``splits.json`` holds, per fold, the training and validation case
-ids (the nnU-Net ``splits_final.json`` shape) plus the patients, so it is readable by both.
+All scans (visits) of one patient land in the same fold, so a model is never tested on a
+patient it saw in training. ``splits.json`` holds, per fold, the training and held-out case
+ids under ``train`` and ``val`` (the nnU-Net ``splits_final.json`` shape, so nnU-Net can run
+the same cross-validation) plus the patients, and the inner split of the training patients:
+``inner_train`` (what a model fits) and ``inner_val`` (what selects its checkpoint, stops it
+or tunes it). A job reads a fold's three roles through :func:`fold_cases`: ``train``,
+``val`` (inner validation) and ``test`` (the held-out patients), pairwise disjoint.
 """
 
 from __future__ import annotations
@@ -48,13 +52,20 @@ def case_meta_from_dataset(dataset: dict) -> list[CaseMeta]:
     return metas
 
 
-def make_splits(cases: list[CaseMeta], n_folds: int = 4, seed: int = 0, stratify=STRATA) -> dict:
+def make_splits(
+    cases: list[CaseMeta],
+    n_folds: int = 4,
+    seed: int = 0,
+    stratify=STRATA,
+    inner_val_fraction: float = 0.2,
+) -> dict:
     """Assign patients to ``n_folds`` folds, balancing the strata across folds.
 
     Patients are grouped by stratum (lesion present in any visit; domain of the first visit),
     shuffled with ``seed``, and each goes to the fold that has the fewest patients of its
     stratum, then the fewest patients, then the fewest cases: a deterministic greedy version of
-    stratified group k-fold.
+    stratified group k-fold. Each fold's training patients are then split again
+    (:func:`add_inner_splits`).
 
     Raises:
         ValueError: fewer patients than folds, or an unknown stratification key.
@@ -93,7 +104,93 @@ def make_splits(cases: list[CaseMeta], n_folds: int = 4, seed: int = 0, stratify
             per_stratum[key][fold] += 1
             patients_in[fold] += 1
             cases_in[fold] += len(by_patient[patient])
-    return _splits_dict(by_patient, fold_of, n_folds, seed, list(stratify))
+    splits = _splits_dict(by_patient, fold_of, n_folds, seed, list(stratify))
+    return add_inner_splits(splits, cases, inner_val_fraction, seed, stratify)
+
+
+def add_inner_splits(
+    splits: dict, cases: list[CaseMeta], fraction: float, seed: int, stratify=STRATA
+) -> dict:
+    """Split each fold's training patients into ``inner_train`` and ``inner_val``.
+
+    ``round(fraction × patients)`` patients (at least one, and one fewer than all) go to
+    inner validation, shared out over the strata in proportion (largest remainders), plus one
+    of any scanner domain left without one that has two or more patients; each stratum's
+    patients are shuffled with a generator seeded by (``seed``, fold): the same cohort and
+    settings give the same split, and a user-given outer split gets one too.
+
+    Raises:
+        ValueError: a fold with fewer than 2 training patients.
+    """
+    by_patient: dict[str, list[CaseMeta]] = defaultdict(list)
+    for case in cases:
+        by_patient[case.patient_id].append(case)
+    for fold in splits["folds"]:
+        patients = sorted(set(fold["train_patients"]))
+        if len(patients) < 2:
+            raise ValueError(
+                f"fold {fold['fold']}: {len(patients)} training patient(s) cannot be split "
+                "into inner training and validation"
+            )
+        k = min(max(1, round(fraction * len(patients))), len(patients) - 1)
+        strata: dict[tuple, list[str]] = defaultdict(list)
+        for patient in patients:
+            strata[_stratum(by_patient[patient], stratify)].append(patient)
+        keys = sorted(strata)
+        share = [k * len(strata[key]) / len(patients) for key in keys]
+        take = [int(x) for x in share]
+        by_remainder = sorted(range(len(keys)), key=lambda i: (-(share[i] - take[i]), i))
+        for i in by_remainder[: k - sum(take)]:
+            take[i] += 1
+        if "domain" in stratify:
+            # every scanner domain with two or more training patients gets one in validation
+            # (ADDA and domain-restricted models select on their own domains' patients)
+            for domain in sorted({key[-1] for key in keys}):
+                mine = [i for i, key in enumerate(keys) if key[-1] == domain]
+                if sum(len(strata[keys[i]]) for i in mine) >= 2 and not sum(take[i] for i in mine):
+                    take[max(mine, key=lambda i: (len(strata[keys[i]]), -i))] += 1
+        rng = np.random.default_rng([seed, fold["fold"]])
+        val_patients = []
+        for key, n in zip(keys, take, strict=True):
+            group = list(strata[key])
+            rng.shuffle(group)
+            val_patients += group[:n]
+        val_set = set(val_patients)
+        fold["inner_val_patients"] = sorted(val_set)
+        fold["inner_train_patients"] = [p for p in patients if p not in val_set]
+        fold["inner_val"] = sorted(c.case_id for p in val_set for c in by_patient[p])
+        fold["inner_train"] = sorted(
+            c.case_id for p in fold["inner_train_patients"] for c in by_patient[p]
+        )
+    splits["inner_val_fraction"] = fraction
+    return splits
+
+
+def fold_cases(splits: dict, fold: int, cases: list[CaseMeta], source: str = "splits") -> dict:
+    """One fold's cases by role, for a job: ``train`` (fitted), ``val`` (inner validation:
+    selection, stopping, tuning) and ``test`` (held out), pairwise disjoint by patient.
+
+    Raises:
+        ValueError: invalid splits (:func:`validate_splits`), a fold outside them, or a fold
+            without an inner split (a splits file from an older adseg or of your own: run
+            ``adseg splits`` on it, which adds one).
+    """
+    checked = validate_splits(splits, cases, source)
+    n_folds = len(checked["folds"])
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold {fold} is outside the splits: they have folds 0-{n_folds - 1}")
+    entry = checked["folds"][fold]
+    if "inner_val" not in entry:
+        raise ValueError(
+            f"{source}: fold {fold} has no inner validation split (inner_train, inner_val), so "
+            "model selection would see its test patients; run `adseg splits` to add one"
+        )
+    return {
+        "fold": fold,
+        "train": list(entry["inner_train"]),
+        "val": list(entry["inner_val"]),
+        "test": list(entry["val"]),
+    }
 
 
 def _stratum(visits: list[CaseMeta], stratify) -> tuple:
@@ -195,6 +292,7 @@ def validate_splits(splits, cases: list[CaseMeta], source: str = "splits") -> di
         for c in val & set(known):
             validated_in[c].append(i)
             patient_folds[known[c].patient_id].add(i)
+        problems += _inner_problems(fold, i, known)
     for cid in sorted(known):
         if len(validated_in[cid]) != 1:
             problems.append(
@@ -209,35 +307,75 @@ def validate_splits(splits, cases: list[CaseMeta], source: str = "splits") -> di
         raise ValueError(f"{source}: invalid splits:\n  " + "\n  ".join(problems))
     out = []
     for i, fold in enumerate(folds):
-        out.append(
-            {
-                "fold": i,
-                "train": list(fold["train"]),
-                "val": list(fold["val"]),
-                "train_patients": sorted({known[c].patient_id for c in fold["train"]}),
-                "val_patients": sorted({known[c].patient_id for c in fold["val"]}),
-            }
-        )
-    seed = splits.get("seed") if isinstance(splits, dict) else None
-    return {
+        entry = {
+            "fold": i,
+            "train": list(fold["train"]),
+            "val": list(fold["val"]),
+            "train_patients": sorted({known[c].patient_id for c in fold["train"]}),
+            "val_patients": sorted({known[c].patient_id for c in fold["val"]}),
+        }
+        if "inner_val" in fold:
+            for role in ("inner_train", "inner_val"):
+                entry[role] = list(fold[role])
+                entry[f"{role}_patients"] = sorted({known[c].patient_id for c in fold[role]})
+        out.append(entry)
+    given = splits if isinstance(splits, dict) else {}
+    result = {
         "n_folds": len(folds),
-        "seed": seed,
+        "seed": given.get("seed"),
         "stratify": ["user-given"],
         "unit": "patient",
         "folds": out,
     }
+    if "inner_val_fraction" in given:
+        result["inner_val_fraction"] = given["inner_val_fraction"]
+    return result
+
+
+def _inner_problems(fold: dict, i: int, known: dict[str, CaseMeta]) -> list[str]:
+    """What is wrong with a fold's inner split, if it has one: both lists or neither, each a
+    list of case ids, together exactly the fold's training cases, no patient in both."""
+    given = [k for k in ("inner_train", "inner_val") if k in fold]
+    if not given:
+        return []
+    lists = [fold.get(k) for k in ("inner_train", "inner_val")]
+    if len(given) == 1 or not all(
+        isinstance(x, list) and all(isinstance(c, str) for c in x) for x in lists
+    ):
+        return [f"fold {i}: inner_train and inner_val must both be lists of case ids"]
+    inner_train, inner_val = map(set, lists)
+    problems = []
+    if inner_train | inner_val != set(fold["train"]) or inner_train & inner_val:
+        problems.append(
+            f"fold {i}: inner_train and inner_val must split the fold's training cases, "
+            "each case in exactly one"
+        )
+    shared = {known[c].patient_id for c in inner_train if c in known} & {
+        known[c].patient_id for c in inner_val if c in known
+    }
+    problems += [
+        f"fold {i}: patient {p!r} has cases in both inner_train and inner_val"
+        for p in sorted(shared)
+    ]
+    return problems
 
 
 def describe_splits(splits: dict, cases: list[CaseMeta]) -> str:
-    """A table of folds: patients, cases, positive share and domains in each validation fold."""
+    """A table of folds: patients, cases, positive share and domains of each fold's test
+    patients, and the inner training/validation patients."""
     known = {c.case_id: c for c in cases}
-    lines = ["fold  patients  cases  positive  domains"]
+    lines = ["fold  test patients  cases  positive  domains        inner train/val patients"]
     for fold in splits["folds"]:
         val = [known[c] for c in fold["val"]]
         domains = Counter(c.domain for c in val)
         share = sum(c.positive for c in val) / max(len(val), 1)
+        inner = (
+            f"{len(fold['inner_train_patients'])}/{len(fold['inner_val_patients'])}"
+            if "inner_val_patients" in fold
+            else "none"
+        )
         lines.append(
-            f"{fold['fold']:>4}  {len(fold['val_patients']):>8}  {len(val):>5}  {share:>8.0%}  "
-            + ", ".join(f"{d}={n}" for d, n in sorted(domains.items()))
+            f"{fold['fold']:>4}  {len(fold['val_patients']):>13}  {len(val):>5}  {share:>8.0%}  "
+            + f"{', '.join(f'{d}={n}' for d, n in sorted(domains.items())):<13}  {inner}"
         )
     return "\n".join(lines)

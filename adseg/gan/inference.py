@@ -198,7 +198,8 @@ def evaluate_translation(
     gen = model.generator(dev)
     cases = read_json(preprocessed / "dataset.json")["cases"]
     channels = [spec["source_index"], spec["target_index"]]
-    volumes = load_volumes(preprocessed, spec["val_cases"], channels)
+    # older model folders have no test_cases: they were tested on their validation cases
+    volumes = load_volumes(preprocessed, spec.get("test_cases", spec["val_cases"]), channels)
     rows, results = [], {}
     for case_id, volume in progress(list(volumes.items()), "evaluate", enabled=show):
         v = held_out_pair(volume, spec["intensity"])

@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from adseg.config import without_result_neutral
-from adseg.data.splits import case_meta_from_dataset, validate_splits
+from adseg.data.splits import case_meta_from_dataset, fold_cases
 from adseg.gan.settings import TASKS, job_settings, model_name, recipe
 from adseg.io import read_json, write_text
 from adseg.training import engine
@@ -100,11 +100,7 @@ def make_job(
             )
     r = recipe(config, task, model)
     dataset = read_json(preprocessed / "dataset.json")
-    folds = validate_splits(read_json(splits), case_meta_from_dataset(dataset), str(splits))
-    folds = folds["folds"]
-    if not 0 <= fold < len(folds):
-        raise ValueError(f"fold {fold} is outside the splits: they have folds 0-{len(folds) - 1}")
-    entry = folds[fold]
+    entry = fold_cases(read_json(splits), fold, case_meta_from_dataset(dataset), str(splits))
     spec = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -112,9 +108,11 @@ def make_job(
         "name": model_name(task, model),
         "fold": fold,
         "recipe": r,
-        # the held-out patients double as validation: GANs pick no checkpoint by them
+        # fitted on the inner training patients, followed per epoch on the inner validation
+        # ones (GANs pick no checkpoint), measured on the held-out test patients
         "train_cases": list(entry["train"]),
         "val_cases": list(entry["val"]),
+        "test_cases": list(entry["test"]),
     }
     return GanJob(config, task, model, fold, preprocessed, Path(splits), Path(out), r, spec)
 
@@ -189,7 +187,7 @@ def fingerprint(job: GanJob) -> str:
     """What a checkpoint must share with the run that resumes it: the model's settings, the
     fold's cases and the preprocessed files they come from."""
     files = []
-    for case_id in sorted(job.spec["train_cases"] + job.spec["val_cases"]):
+    for case_id in sorted(job.spec["train_cases"] + job.spec["val_cases"] + job.spec["test_cases"]):
         files += sorted((job.preprocessed / "imagesTr").glob(f"{case_id}_*.nii.gz"))
     settings = {"gan": job_settings(job.config, job.task, job.model)}
     return engine.fingerprint(

@@ -320,13 +320,13 @@ def _slices(job: GanJob) -> tuple[TensorDataset, TensorDataset, list[list[float]
     spec, s = job.spec, job.section
     channel = [spec["channel_index"]]
     train = load_volumes(job.preprocessed, spec["train_cases"], channel)
-    test = load_volumes(job.preprocessed, spec["val_cases"], channel)
+    test = load_volumes(job.preprocessed, spec["test_cases"], channel)
     ranges = intensity_ranges(list(train.values()), job.config["gan"]["intensity_percentiles"])
     classes = None
     if spec["classes"]:
         cases = read_json(job.preprocessed / "dataset.json")["cases"]
         index = {name: i for i, name in enumerate(spec["classes"])}
-        unknown = sorted({cases[c]["domain"] for c in spec["val_cases"]} - set(index))
+        unknown = sorted({cases[c]["domain"] for c in spec["test_cases"]} - set(index))
         if unknown:
             logger.warning("held-out domains %s were not trained; they are left out", unknown)
         classes = {c: index.get(cases[c]["domain"], -1) for c in [*train, *test]}

@@ -311,6 +311,8 @@ def train_translation(
     train = load_volumes(job.preprocessed, spec["train_cases"], channels)
     ranges = intensity_ranges(list(train.values()), config["gan"]["intensity_percentiles"])
     spec["intensity"] = ranges
+    # followed per epoch on the inner validation patients; `adseg gan evaluate` tests on the
+    # fold's held-out ones
     held_out_cases = load_volumes(job.preprocessed, spec["val_cases"], channels)
     validation = {c: held_out_pair(v, ranges) for c, v in held_out_cases.items()}
     items = paired_slices(train, ranges, spec["slice_axis"], spec["patch_size"])
@@ -331,7 +333,7 @@ def train_translation(
         randomize.set_random_state(seed=seed % 2**32)
 
     logger.info(
-        "training %s fold %d on %s: %s -> %s, %d slices of %d cases a epoch, %d held out",
+        "training %s fold %d on %s: %s -> %s, %d slices of %d cases a epoch, %d validated",
         job.name,
         fold,
         device,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from adseg.data.splits import case_meta_from_dataset, validate_splits
+from adseg.data.splits import case_meta_from_dataset, fold_cases
 from adseg.io import read_json
 from adseg.preprocessing.case import Plan
 from adseg.training.loader import slice_axis
@@ -172,11 +172,7 @@ def check_job(
             )
     dataset = read_json(preprocessed / "dataset.json")
     plan = Plan.from_dict(read_json(preprocessed / "plans.json"))
-    splits = validate_splits(splits, case_meta_from_dataset(dataset), "splits")
-    n_folds = len(splits["folds"])
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"fold {fold} is outside the splits: they have folds 0-{n_folds - 1}")
-    entry = splits["folds"][fold]
+    entry = fold_cases(splits, fold, case_meta_from_dataset(dataset), "splits")
     if domains:
         entry = _of_domains(entry, dataset, domains, fold)
     problems = _network_problems(config, scheme)
@@ -192,7 +188,7 @@ def check_job(
 
 
 def _of_domains(entry: dict, dataset: dict, domains: list[str], fold: int) -> dict:
-    """A fold's entry with training and validation cut to ``domains``; ``test`` keeps all."""
+    """A fold's cases with training and validation cut to ``domains``; ``test`` keeps all."""
     cases = dataset["cases"]
     present = sorted({cases[c]["domain"] for c in entry["train"] + entry["val"]})
     unknown = sorted(set(domains) - set(present))
@@ -205,7 +201,7 @@ def _of_domains(entry: dict, dataset: dict, domains: list[str], fold: int) -> di
     for k, ids in keep.items():
         if not ids:
             raise ValueError(f"fold {fold} has no {k} cases of domain {', '.join(domains)}")
-    return entry | keep | {"test": list(entry["val"])}
+    return entry | keep
 
 
 def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
@@ -214,6 +210,7 @@ def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
     spec = {
         "scheme": scheme,
         "fold": entry["fold"],
+        "seed": t["seed"],
         "network": {
             "name": net["name"],
             "spatial_dims": net["spatial_dims"],
@@ -225,10 +222,12 @@ def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
         "slice_axis": slice_axis(plan.target_spacing),
         "channel_names": list(plan.channel_names),
         "labels": dict(plan.labels),
+        # fitted on train, selected (validation Dice, best, collapse checks) on val, an inner
+        # split of the fold's training patients; `adseg evaluate` tests on test, the held-out
+        # patients of every domain
         "train_cases": list(entry["train"]),
         "val_cases": list(entry["val"]),
-        # what `adseg evaluate` tests on: the held-out cases of every domain
-        "test_cases": list(entry.get("test", entry["val"])),
+        "test_cases": list(entry["test"]),
         "discriminator": None,
     }
     if scheme in ADVERSARIAL_SCHEMES:

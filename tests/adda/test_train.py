@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import snakemake
+from conftest import assert_roles_disjoint, snakemake
 
 from adseg.adda.adapter import Adapter
 from adseg.adda.job import AddaJob
@@ -124,9 +124,10 @@ def test_source_only_model_trains_on_its_domain_and_is_tested_on_all(tiny_experi
     domain = _domains(tiny_experiment)
     fold = read_json(tiny_experiment["splits"])["folds"][FOLD]
     assert spec["name"] == "source-only" and spec["domains"] == ["A"]
-    assert spec["train_cases"] == [c for c in fold["train"] if domain[c] == "A"]
-    assert spec["val_cases"] == [c for c in fold["val"] if domain[c] == "A"]
+    assert spec["train_cases"] == [c for c in fold["inner_train"] if domain[c] == "A"]
+    assert spec["val_cases"] == [c for c in fold["inner_val"] if domain[c] == "A"]
     assert spec["test_cases"] == fold["val"]
+    assert_roles_disjoint(spec, read_json(tiny_experiment["preprocessed"] / "dataset.json"))
     assert {domain[c] for c in spec["test_cases"]} == {"A", "B"}
 
 
@@ -194,6 +195,7 @@ def test_adapted_model_is_the_target_encoder_on_the_frozen_decoder(
     assert spec["name"] == f"adda-{variant}" and spec["discriminator"] is None
     assert {domain[c] for c in spec["target_cases"]} == {"B"}
     assert {domain[c] for c in spec["train_cases"]} == {"A"}
+    assert_roles_disjoint(spec, read_json(tiny_experiment["preprocessed"] / "dataset.json"))
     auc_file = read_json(tmp_path / variant / "domain_auc.json")
     assert 0 <= auc_file["before"] <= 1 and 0 <= auc_file["after"] <= 1
     log = (tmp_path / variant / "training_log.tsv").read_text().splitlines()

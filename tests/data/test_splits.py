@@ -6,7 +6,14 @@ from collections import Counter
 
 import pytest
 
-from adseg.data.splits import CaseMeta, case_meta_from_dataset, make_splits, validate_splits
+from adseg.data.splits import (
+    CaseMeta,
+    add_inner_splits,
+    case_meta_from_dataset,
+    fold_cases,
+    make_splits,
+    validate_splits,
+)
 
 
 def cohort(n_patients: int = 30) -> list[CaseMeta]:
@@ -67,7 +74,11 @@ def test_user_splits_accepted_in_adseg_and_nnunet_form():
     ours = make_splits(cases, 3, seed=0)
     assert validate_splits(ours, cases)["folds"] == ours["folds"]
     nnunet = [{"train": f["train"], "val": f["val"]} for f in ours["folds"]]
-    assert validate_splits(nnunet, cases)["folds"] == ours["folds"]
+    outer = ("fold", "train", "val", "train_patients", "val_patients")
+    # nnU-Net's form has no inner split (`adseg splits` adds one)
+    assert validate_splits(nnunet, cases)["folds"] == [
+        {k: f[k] for k in outer} for f in ours["folds"]
+    ]
 
 
 def test_user_splits_problems_all_reported():
@@ -160,3 +171,50 @@ def test_splitting_by_scan_is_warned_about(caplog):
     with caplog.at_level("WARNING", logger="adseg"):
         make_splits(cohort(8), 4)
     assert "no patient ids" not in caplog.text
+
+
+def test_each_folds_training_patients_are_split_for_model_selection():
+    """Selection (validation Dice, best checkpoint, collapse checks) sees only inner
+    validation patients: train, val and test of every fold are disjoint by patient."""
+    cases = cohort(40)
+    splits = make_splits(cases, n_folds=4, seed=0, inner_val_fraction=0.2)
+    patient_of = {c.case_id: c.patient_id for c in cases}
+    positive = {c.patient_id for c in cases if c.positive}
+    for k in range(4):
+        roles = fold_cases(splits, k, cases)
+        patients = {r: {patient_of[c] for c in roles[r]} for r in ("train", "val", "test")}
+        assert not patients["train"] & patients["val"]
+        assert not patients["test"] & (patients["train"] | patients["val"])
+        assert set(roles["train"]) | set(roles["val"]) == set(splits["folds"][k]["train"])
+        assert len(patients["val"]) == round(0.2 * 30)  # of the fold's 30 training patients
+        # stratified: both lesion strata and both domains are in inner validation
+        assert patients["val"] & positive and patients["val"] - positive
+        assert patients["val"] & {c.patient_id for c in cases if c.domain == "A"}
+    again = make_splits(cases, n_folds=4, seed=0, inner_val_fraction=0.2)
+    assert again == splits
+    other = make_splits(cases, n_folds=4, seed=1, inner_val_fraction=0.2)
+    assert other["folds"][0]["inner_val"] != splits["folds"][0]["inner_val"]
+
+
+def test_a_splits_file_without_an_inner_split_is_refused_for_jobs_and_completed_by_splits():
+    cases = cohort(12)
+    nnunet = [{"train": f["train"], "val": f["val"]} for f in make_splits(cases, 3)["folds"]]
+    with pytest.raises(ValueError, match="fold 1 has no inner validation split"):
+        fold_cases(nnunet, 1, cases, "splits_final.json")
+    checked = validate_splits(nnunet, cases, "splits_final.json")
+    completed = add_inner_splits(checked, cases, 0.25, 0)
+    roles = fold_cases(completed, 1, cases)
+    assert roles["test"] == nnunet[1]["val"]  # the user's folds as given
+    assert sorted(roles["train"] + roles["val"]) == sorted(nnunet[1]["train"])
+
+
+def test_a_broken_inner_split_is_reported():
+    cases = cohort(12)
+    splits = make_splits(cases, 3)
+    fold = splits["folds"][0]
+    moved = fold["inner_train"].pop()
+    fold["inner_val"].append(fold["val"][0])  # a test case in inner validation
+    with pytest.raises(ValueError) as err:
+        validate_splits(splits, cases)
+    assert "fold 0: inner_train and inner_val must split the fold's training" in str(err.value)
+    assert moved not in fold["inner_val"]

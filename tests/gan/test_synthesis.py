@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_GAN
+from conftest import TINY_GAN, assert_roles_disjoint
 
 from adseg.config import deep_merge, resolve_config
 from adseg.gan.job import GanError, check_epoch, spread_ratio
@@ -113,7 +113,9 @@ def test_dcgan_trains_and_writes_a_self_describing_folder(tiny_experiment, tmp_p
     lo, hi = spec["intensity"][0]
     assert lo < hi
     splits = read_json(tiny_experiment["splits"])["folds"][0]
-    assert spec["train_cases"] == splits["train"] and spec["val_cases"] == splits["val"]
+    assert spec["train_cases"] == splits["inner_train"]
+    assert spec["val_cases"] == splits["inner_val"] and spec["test_cases"] == splits["val"]
+    assert_roles_disjoint(spec, read_json(tiny_experiment["preprocessed"] / "dataset.json"))
     ev = read_json(out / "evaluation.json")
     assert ev["swd"] > 0 and ev["swd_train"] > 0 and ev["n_test_slices"] > 0
     log = (out / "training_log.tsv").read_text().splitlines()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY_GAN
+from conftest import TINY_GAN, assert_roles_disjoint
 
 from adseg.config import resolve_config
 from adseg.gan.summary import summarize_gan
@@ -85,7 +85,9 @@ def test_evaluate_cli_writes_one_row_per_held_out_case(trained, tiny_experiment)
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     rows = read_tsv(fold / "metrics.tsv")
-    assert sorted(r["case_id"] for r in rows) == sorted(trained["specs"]["pix2pix"]["val_cases"])
+    spec = trained["specs"]["pix2pix"]
+    assert sorted(r["case_id"] for r in rows) == sorted(spec["test_cases"])
+    assert_roles_disjoint(spec, read_json(tiny_experiment["preprocessed"] / "dataset.json"))
     for r in rows:
         assert 0 <= float(r["mae"]) <= 2 and -1 <= float(r["ssim"]) <= 1
         assert r["model"] == "translation-pix2pix" and r["fold"] == "0"

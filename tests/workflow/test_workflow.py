@@ -7,7 +7,7 @@ import os
 
 import pytest
 import SimpleITK as sitk
-from conftest import snakemake
+from conftest import assert_roles_disjoint, snakemake
 from mlflow.tracking import MlflowClient
 
 
@@ -48,7 +48,11 @@ def test_tiny_workflow_end_to_end(tmp_path):
             folder = exp / scheme / f"fold_{fold}"
             spec = json.loads((folder / "model.json").read_text())
             assert (spec["scheme"], spec["fold"], spec["epochs_trained"]) == (scheme, fold, 2)
-            assert sorted(spec["val_cases"]) == sorted(splits["folds"][fold]["val"])
+            # selected on inner validation patients, tested on the held-out ones, disjoint
+            entry = splits["folds"][fold]
+            assert sorted(spec["test_cases"]) == sorted(entry["val"])
+            assert sorted(spec["val_cases"]) == sorted(entry["inner_val"])
+            assert_roles_disjoint(spec, dataset)
             metrics = (folder / "metrics.tsv").read_text().splitlines()
             assert len(metrics) == 1 + len(splits["folds"][fold]["val"])
             log = (exp / "logs" / f"train_{scheme}_fold_{fold}.log").read_text()
