@@ -102,12 +102,19 @@ class FoldRun:
 
     def _new(self, job, parent: dict, device, splits: Path) -> Journal:
         dataset = read_json(job.preprocessed / "dataset.json")["cases"]
-        cases = job.spec["train_cases"] + job.spec["val_cases"]
+        spec = job.spec
+        cases = spec["train_cases"] + spec["val_cases"] + spec.get("test_cases", [])
+        seed = job.config["train"]["seed"]
         tags = {
             "domain": "+".join(sorted({dataset[c]["domain"] for c in cases})),
             "device": _device_name(device),
+            "seed": seed,
         }
-        journal = new_fold_journal(self.config, job.name, job.fold, Path(job.out), tags, parent)
+        several = len(self.config["train"].get("seeds") or []) > 1  # the workflow's seeds
+        name = f"{job.name} fold {job.fold}" + (f" seed {seed}" if several else "")
+        journal = new_fold_journal(
+            self.config, job.name, job.fold, Path(job.out), tags, parent, name
+        )
         journal.config_artifact(self.config)
         for name in ("config.yaml", "plans.json"):
             journal.artifact(Path(job.out) / name, "model")

@@ -77,9 +77,9 @@ def lock_path(config: dict, uri: str) -> str:
 
 def model_settings(config: dict, scheme: str) -> dict:
     """A scheme's settings as run params: the resolved config without the tracking and
-    evaluation sections, the list of schemes, and (for schemes without a discriminator) the
-    discriminator's section. A GAN model (``synthesis-dcgan``) gets the cohort's sections and
-    its own part of the ``gan`` section only."""
+    evaluation sections, the list of schemes, the training seeds, and (for schemes without a
+    discriminator) the discriminator's section. A GAN model (``synthesis-dcgan``) gets the
+    cohort's sections and its own part of the ``gan`` section only."""
     from adseg.gan.settings import TASKS, job_settings, modes_settings, split_name
 
     shared = ("experiment", "results_dir", "dataset", "preprocess", "folds")
@@ -93,6 +93,9 @@ def model_settings(config: dict, scheme: str) -> dict:
         }
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("mlflow", "evaluate")}
     out.pop("schemes", None)
+    # a scheme's runs of every training seed share its parent; each child is tagged its seed
+    for key in ("seed", "seeds"):
+        out.get("train", {}).pop(key, None)
     if scheme not in ADVERSARIAL_SCHEMES:
         out.pop("adversarial", None)
     return out

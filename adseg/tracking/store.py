@@ -160,12 +160,12 @@ class Store:
         parent_id = self.parent(exp_id, ref["parent"])
         with self.lock:
             found = self._search(exp_id, {"adseg.uid": ref["uid"]})
+            # runs of the same fold and training seed: a rerun replaces them, another seed not
+            same = {"mlflow.parentRunId": parent_id, "fold": str(ref["fold"])}
+            if "seed" in ref["tags"]:
+                same["seed"] = ref["tags"]["seed"]
             siblings = [
-                r
-                for r in self._search(
-                    exp_id, {"mlflow.parentRunId": parent_id, "fold": str(ref["fold"])}
-                )
-                if r.data.tags.get("adseg.uid") != ref["uid"]
+                r for r in self._search(exp_id, same) if r.data.tags.get("adseg.uid") != ref["uid"]
             ]
             if found:
                 return self._complete(found[0], ref, siblings)

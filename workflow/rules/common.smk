@@ -1,6 +1,7 @@
 # Shared by all rules: the validated config and the paths derived from it.
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -59,18 +60,28 @@ def settings(*sections):
     """
     # settings that change how a job runs, not what it makes (the schema marks them) rerun
     # nothing; the job reads them from the whole config (ADSEG_WORKFLOW_CONFIG)
+    return shlex.quote(json.dumps(chosen_settings(*sections), sort_keys=True))
+
+
+def chosen_settings(*sections):
+    """:func:`settings` as a dict."""
     chosen = {s: without_result_neutral(config, s) for s in sections}
-    # whether the workflow runs the ADDA study is the workflow's business, not a job's
+    # whether the workflow runs the ADDA study, and which seeds it trains, is the workflow's
+    # business, not a job's (adding a seed reruns no job of another)
     chosen.get("adda", {}).pop("enabled", None)
-    return shlex.quote(json.dumps(chosen, sort_keys=True))
+    chosen.get("train", {}).pop("seeds", None)
+    return chosen
 
 
 def train_settings(wildcards):
-    """A training job's settings: the discriminator's only for the schemes that have one."""
+    """A training job's settings: the discriminator's only for the schemes that have one, and
+    the run's own seed."""
     sections = ["train"]
     if wildcards.scheme in ADVERSARIAL_SCHEMES:
         sections.append("adversarial")
-    return settings(*sections)
+    chosen = chosen_settings(*sections)
+    chosen["train"]["seed"] = run_seed(wildcards.run)
+    return shlex.quote(json.dumps(chosen, sort_keys=True))
 
 
 def fold_numbers():
@@ -83,6 +94,29 @@ def fold_numbers():
 
 
 FOLDS = fold_numbers()
+# Training seeds (train.seeds): every scheme and fold is trained once per seed. A run of the
+# first seed is <scheme>/fold_<k> (the layout of a one-seed experiment), of another seed
+# <scheme>/seed_<s>/fold_<k>; `{run}` is that path below <scheme>/.
+SEEDS = config["train"]["seeds"] or [config["train"]["seed"]]
+RUN = r"(seed_\d+/)?fold_\d+"
+
+
+def run_path(seed, fold):
+    return f"fold_{fold}" if seed == SEEDS[0] else f"seed_{seed}/fold_{fold}"
+
+
+RUNS = [run_path(seed, fold) for seed in SEEDS for fold in FOLDS]
+
+
+def run_seed(run):
+    """The seed of a run path (see RUNS)."""
+    found = re.match(r"seed_(\d+)", run)
+    return int(found.group(1)) if found else SEEDS[0]
+
+
+def run_fold(run):
+    """The fold of a run path (see RUNS)."""
+    return int(run.rsplit("fold_", 1)[1])
 
 
 # The ADDA study (rules/adda.smk), when adda.enabled

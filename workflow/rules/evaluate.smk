@@ -2,18 +2,18 @@
 # then the table of all schemes.
 rule evaluate:
     input:
-        model=EXP / "{scheme}" / "fold_{fold}" / "model.json",
+        model=EXP / "{scheme}" / "{run}" / "model.json",
         preprocessed=EXP / "preprocessed",
         cohort=cohort_files(),
     output:
-        EXP / "{scheme}" / "fold_{fold}" / "metrics.tsv",
+        EXP / "{scheme}" / "{run}" / "metrics.tsv",
     log:
-        LOGS / "evaluate_{scheme}_fold_{fold}.log",
+        LOGS / "evaluate_{scheme}_{run}.log",
     benchmark:
-        BENCHMARKS / "evaluate_{scheme}_fold_{fold}.tsv"
+        BENCHMARKS / "evaluate_{scheme}_{run}.tsv"
     wildcard_constraints:
         scheme="|".join(SCHEMES),
-        fold=r"\d+",
+        run=RUN,
     conda:
         CONDA_ENV
     threads: 1
@@ -31,11 +31,7 @@ rule evaluate:
 
 rule summarize:
     input:
-        expand(
-            EXP / "{scheme}" / "fold_{fold}" / "metrics.tsv",
-            scheme=config["schemes"],
-            fold=FOLDS,
-        ),
+        expand(EXP / "{scheme}" / "{run}" / "metrics.tsv", scheme=config["schemes"], run=RUNS),
     output:
         md=EXP / "summary.md",
         tsv=EXP / "summary.tsv",
