@@ -33,7 +33,9 @@ def test_environment_yml_matches_pyproject():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = {}
     for dep in env["dependencies"]:
-        if isinstance(dep, str):
+        if isinstance(dep, dict):  # the pip: subsection, PyPI names already
+            conda.update(split(r) for r in dep.get("pip", []))
+        elif isinstance(dep, str):
             name, spec = split(dep)
             if name not in ("python", "pip"):
                 conda[CONDA_TO_PIP.get(name, name)] = spec

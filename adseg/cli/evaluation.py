@@ -62,6 +62,8 @@ def _evaluate(args) -> None:
         pick_device(config["train"]["device"]),
         not args.no_progress,
         overlays=args.model / "overlays",
+        # each case's lesion probabilities and expert mask: the PI-CAI metrics' input
+        detection=args.model / "detection",
     )
     write_tsv(args.out, rows, METRIC_COLUMNS)
     logger.info("wrote metrics of %d case-label pairs to %s", len(rows), args.out)
@@ -90,11 +92,14 @@ def _summarize(args) -> None:
     config = load_config_for_command(args.config, settings=args.set)
     writes = ("summary.md", "summary.tsv", "tests.tsv")
     with check_study(args.out, "summarize", args.metrics, writes, args):
+        ev = config["evaluate"]
         path = summarize(
             args.metrics,
             args.out,
             f"{config['experiment']}: segmentation by training scheme",
             config["adversarial"]["hybrid_weight"],
+            ev["primary"],
+            ev["bootstrap_draws"],
         )
     print(path.read_text())
     logger.info("summary: %s", path)

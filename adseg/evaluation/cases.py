@@ -8,18 +8,21 @@ copy. Metric definitions and empty-mask conventions: :mod:`adseg.evaluation.metr
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 import torch
 
 from adseg.data.cohort import read_channel, read_label
-from adseg.evaluation.metrics import METRICS, case_metrics
+from adseg.evaluation.detection import detection_label, save_detection_inputs
+from adseg.evaluation.metrics import METRICS, case_metrics, gland_mask
 from adseg.geometry import Grid
 from adseg.inference.modelfolder import read_fold
 from adseg.inference.sliding import make_inferer, predict_probabilities, to_grid
-from adseg.io import read_json
+from adseg.io import atomic_dir, read_json
 from adseg.log import logger, progress
 from adseg.preprocessing.cohort import original_cases
 from adseg.training.loader import case_items, validation_dataset
@@ -36,6 +39,7 @@ def evaluate_fold(
     device: str | torch.device = "cpu",
     show_progress: bool = True,
     overlays: str | Path | None = None,
+    detection: str | Path | None = None,
 ) -> list[dict]:
     """Metrics of every held-out case of one trained fold, one row per (case, foreground label).
 
@@ -45,6 +49,10 @@ def evaluate_fold(
         checkpoint: ``final`` (unbiased) or ``best`` (chosen on these same cases).
         overlays: a folder for PNGs of the best, median and worst case by Dice (scan slice
             with expert and predicted contours), or None.
+        detection: a folder for each case's lesion probabilities and expert mask on its
+            original grid (:func:`adseg.evaluation.detection.save_detection_inputs`), the
+            input of the cohort's PI-CAI detection metrics, or None. Written as a whole: it
+            replaces the folder of an earlier evaluation once every case is in it.
     """
     preprocessed = Path(preprocessed)
     model = read_fold(fold_dir)
@@ -57,43 +65,75 @@ def evaluate_fold(
     # older model folders have no test_cases: they were tested on their validation cases
     cases = validation_dataset(case_items(preprocessed, spec.get("test_cases", spec["val_cases"])))
     name = spec.get("name", spec["scheme"])
-    names = {v: k for k, v in spec["labels"].items()}
+    lesion = detection_label(spec["labels"]) if detection is not None else None
+    if detection is not None and lesion is None:
+        logger.warning("no lesion label in %s: no detection inputs written", list(spec["labels"]))
     rows = []
     masks = {}
-    for item in progress(cases, f"evaluate {name} fold {spec['fold']}", enabled=show_progress):
-        t0 = time.perf_counter()
-        case_id = item["case_id"]
-        props = read_json(preprocessed / "properties" / f"{case_id}.json")
-        probs = predict_probabilities([net], item["image"], inferer, dims, axis, tta)
-        truth_img = read_label(originals[case_id].label)
-        pred, _ = to_grid(probs, Grid.from_dict(props["final_grid"]), Grid.of(truth_img))
-        truth = sitk.GetArrayFromImage(truth_img)
-        if overlays is not None:
-            masks[case_id] = pred.astype("uint8")
-        spacing_zyx = truth_img.GetSpacing()[::-1]
-        meta = dataset["cases"][case_id]
-        for value in sorted(names):
-            if value == 0:
-                continue
-            metrics = case_metrics(truth == value, pred == value, spacing_zyx, min_overlap)
-            rows.append(
-                {
-                    "scheme": name,
-                    "fold": spec["fold"],
-                    "case_id": case_id,
-                    "patient_id": meta["patient_id"],
-                    "domain": meta["domain"],
-                    "label": names[value],
-                    **metrics,
-                }
-            )
-        logger.debug("%s evaluated in %.1f s", case_id, time.perf_counter() - t0)
+    keep = atomic_dir(detection) if lesion is not None else contextlib.nullcontext()
+    with keep as detection_dir:
+        for item in progress(cases, f"evaluate {name} fold {spec['fold']}", enabled=show_progress):
+            t0 = time.perf_counter()
+            case_id = item["case_id"]
+            props = read_json(preprocessed / "properties" / f"{case_id}.json")
+            probs = predict_probabilities([net], item["image"], inferer, dims, axis, tta)
+            truth_img = read_label(originals[case_id].label)
+            pred, prob = to_grid(probs, Grid.from_dict(props["final_grid"]), Grid.of(truth_img))
+            truth = sitk.GetArrayFromImage(truth_img)
+            if overlays is not None:
+                masks[case_id] = pred.astype("uint8")
+            meta = dataset["cases"][case_id]
+            ids = {
+                "scheme": name,
+                "fold": spec["fold"],
+                "case_id": case_id,
+                "patient_id": meta["patient_id"],
+                "domain": meta["domain"],
+            }
+            spacing_zyx = truth_img.GetSpacing()[::-1]
+            rows += [
+                ids | r
+                for r in label_rows(truth, pred, prob, spec["labels"], spacing_zyx, min_overlap)
+            ]
+            if detection_dir is not None:
+                value = spec["labels"][lesion]
+                save_detection_inputs(
+                    detection_dir, case_id, meta["patient_id"], prob[value], truth == value, lesion
+                )
+            logger.debug("%s evaluated in %.1f s", case_id, time.perf_counter() - t0)
     if overlays is not None and rows:
         try:
             write_overlays(rows, masks, originals, Path(overlays), spec)
         except Exception as err:  # noqa: BLE001 - a figure must not cost the metrics
             logger.warning("overlays not drawn: %s", err)
     return rows
+
+
+def label_rows(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    prob: np.ndarray,
+    labels: dict[str, int],
+    spacing,
+    min_overlap: float = 0.1,
+) -> list[dict]:
+    """One case's metrics per foreground label (:func:`case_metrics`), each with its ``label``.
+
+    Args:
+        truth, pred: expert and predicted label maps ``(Z, Y, X)`` on the original grid.
+        prob: the class probabilities ``(K, Z, Y, X)`` on that grid.
+        labels: label name -> value, background 0.
+        spacing: voxel size in mm, ``(z, y, x)``.
+    """
+    gland = gland_mask(truth, labels)
+    return [
+        {"label": label}
+        | case_metrics(
+            truth == value, pred == value, spacing, min_overlap, prob=prob[value], gland=gland
+        )
+        for label, value in sorted(labels.items(), key=lambda kv: kv[1])
+        if value != 0
+    ]
 
 
 def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Path]:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import wilcoxon
 
 KOHL_METRICS = ("dice", "sensitivity", "specificity")
 SUMMARY_METRICS = ("dice", "sensitivity", "specificity", "precision", "hd95_mm", "volume_pred_ml")
+# per-case endpoints of lesion detection and calibration (adseg.evaluation.metrics); files
+# written before them lack the columns, and their values are undefined
+DETECTION_COLUMNS = ("patient_specificity", "gland_specificity", "ece", "brier")
 COUNTS = ("lesion_tp", "lesion_fn", "lesion_fp")
 # per-patient values summarised: the metrics plus Dice on patients with a lesion and lesion-wise
 # detection rate and false positives
@@ -27,6 +31,7 @@ DERIVED = (
     *SUMMARY_METRICS[1:],
     "lesion_detection",
     "lesion_fp",
+    *DETECTION_COLUMNS,
 )
 
 
@@ -43,8 +48,8 @@ def per_patient(rows: list[dict]) -> dict[tuple, dict]:
     out = {}
     for key, visits in groups.items():
         agg = {"fold": int(visits[0]["fold"])}
-        for m in SUMMARY_METRICS:
-            values = [number(v[m]) for v in visits]
+        for m in (*SUMMARY_METRICS, *DETECTION_COLUMNS):
+            values = [number(v.get(m, "")) for v in visits]
             defined = [x for x in values if not math.isnan(x)]
             agg[m] = float(np.mean(defined)) if defined else math.nan
         for m in COUNTS:
@@ -59,6 +64,22 @@ def per_patient(rows: list[dict]) -> dict[tuple, dict]:
     return out
 
 
+def average_seeds(by_seed: dict[int, dict[tuple, dict]]) -> dict[tuple, dict]:
+    """:func:`per_patient`'s values of each training seed → their mean over the seeds (each
+    seed's value of a patient counts once; counts such as ``lesion_fp`` are averaged too)."""
+    keys = sorted({k for patients in by_seed.values() for k in patients})
+    out = {}
+    for key in keys:
+        seeds = [patients[key] for patients in by_seed.values() if key in patients]
+        agg = {"fold": seeds[0]["fold"]}
+        for m in seeds[0]:
+            if m != "fold":
+                defined = [float(v[m]) for v in seeds if not math.isnan(float(v[m]))]
+                agg[m] = float(np.mean(defined)) if defined else math.nan
+        out[key] = agg
+    return out
+
+
 def describe(values: list[float]) -> dict:
     """n, mean, std (ddof 1) and median of the defined values (NaN where there are too few)."""
     x = np.array([v for v in values if not math.isnan(v)], float)
@@ -69,17 +90,123 @@ def describe(values: list[float]) -> dict:
 
 
 def paired_test(a: dict[str, float], b: dict[str, float]) -> dict:
-    """Two-sided Wilcoxon signed-rank test on the patients where both values are defined."""
+    """Two-sided Wilcoxon signed-rank test on the patients where both values are defined.
+
+    ``n`` is the number of pairs the test used: pairs with a zero difference (both Dice 1 on
+    a lesion-free patient) carry no sign and are dropped (Wilcoxon's own rule), so ``n`` may
+    be smaller than ``n_pairs``, the patients both values are defined for.
+    """
     common = sorted(p for p in a.keys() & b.keys() if not (math.isnan(a[p]) or math.isnan(b[p])))
     x = np.array([a[p] for p in common])
     y = np.array([b[p] for p in common])
     diff = x - y
-    if len(common) < 2 or not np.any(diff):
+    used = int(np.count_nonzero(diff))
+    if len(common) < 2 or not used:
         p = math.nan if len(common) < 2 else 1.0
     else:
         p = float(wilcoxon(x, y).pvalue)
     median = float(np.median(diff)) if len(common) else math.nan
-    return {"n": len(common), "median_diff": median, "p": p}
+    return {"n": used, "n_pairs": len(common), "median_diff": median, "p": p}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given (NaN stays NaN, uncounted).
+
+    The k-th smallest of m p-values is multiplied by m − k + 1, capped at 1, and made no
+    smaller than the adjusted value before it: the family-wise error rate is held at any
+    level for any dependence between the tests (Holm 1979).
+    """
+    defined = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(defined, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (len(defined) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+BOOTSTRAP_DRAWS = 2000
+
+
+def bootstrap(
+    units: Sequence[str],
+    statistic: Callable[[list[str]], float],
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Percentile bootstrap of ``statistic`` over ``units`` (patients) drawn with replacement.
+
+    ``statistic`` gets a list of unit ids (with repeats) and returns a number: a mean of
+    per-patient values, or a cohort metric such as average precision recomputed on the drawn
+    patients' cases. Draws where it is undefined (NaN) are left out of the interval.
+
+    Returns:
+        ``estimate`` (on all units), ``low``, ``high`` (the ``level`` interval) and
+        ``draws`` (the bootstrap values, for paired comparisons).
+    """
+    units = list(units)
+    estimate = float(statistic(units)) if units else math.nan
+    if len(units) < 2:
+        return {"estimate": estimate, "low": math.nan, "high": math.nan, "draws": np.array([])}
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(units), size=(draws, len(units)))
+    values = np.array([statistic([units[i] for i in row]) for row in index], float)
+    defined = values[~np.isnan(values)]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(defined, [tail, 100 - tail]) if len(defined) else (math.nan,) * 2
+    return {"estimate": estimate, "low": float(low), "high": float(high), "draws": values}
+
+
+def mean_over(values: dict[str, float | Sequence[float]]) -> Callable[[list[str]], float]:
+    """The statistic "mean over the drawn patients" for :func:`bootstrap`; a patient's value
+    may be a list over training seeds, then averaged first (each patient weighs the same)."""
+
+    def mean(units: list[str]) -> float:
+        return float(np.mean([np.mean(values[u]) for u in units]))
+
+    return mean
+
+
+def bootstrap_mean(values: dict[str, float | Sequence[float]], **kwargs) -> dict:
+    """:func:`bootstrap` of the mean of per-patient values (NaN values left out)."""
+    defined = {u: v for u, v in values.items() if not np.isnan(np.mean(v))}
+    return bootstrap(sorted(defined), mean_over(defined), **kwargs)
+
+
+def paired_bootstrap(
+    units: Sequence[str],
+    statistic_a: Callable[[list[str]], float],
+    statistic_b: Callable[[list[str]], float],
+    draws: int = BOOTSTRAP_DRAWS,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """The difference A − B of two statistics on the same patients, bootstrapped by drawing
+    the patients once for both (so their pairing is kept).
+
+    Returns ``diff`` (on all patients), its ``low``/``high`` interval and a two-sided ``p``:
+    twice the share of draws on the far side of zero (at least 1/draws), the percentile
+    bootstrap's test of "no difference".
+    """
+
+    def difference(drawn: list[str]) -> float:
+        return statistic_a(drawn) - statistic_b(drawn)
+
+    result = bootstrap(units, difference, draws, seed, level)
+    d = result["draws"][~np.isnan(result["draws"])] if len(result["draws"]) else np.array([])
+    if not len(d):
+        p = math.nan
+    else:
+        p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+        p = max(p, 1 / len(d))
+    return {
+        "diff": result["estimate"],
+        "low": result["low"],
+        "high": result["high"],
+        "p": float(p),
+        "n": len(units),
+    }
 
 
 def label_tables(

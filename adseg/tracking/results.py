@@ -154,6 +154,9 @@ def _parent_metrics(scheme: str, stats: list[dict], tests: list[dict]) -> dict[s
             values[f"{name}_std"] = number(s["std"])
             values[f"{name}_median"] = number(s["median"])
             values[f"{name}_n"] = float(s["n"])
+            # the patient-bootstrap interval and the spread between training seeds
+            for key in ("ci_low", "ci_high", "seed_std"):
+                values[f"{name}_{key}"] = number(s.get(key, ""))
         else:
             fold_means.setdefault(name, []).append(number(s["mean"]))
     for name, means in fold_means.items():
@@ -165,5 +168,8 @@ def _parent_metrics(scheme: str, stats: list[dict], tests: list[dict]) -> dict[s
     for t in tests:
         if scheme in (t["scheme_a"], t["scheme_b"]):
             other = t["scheme_b"] if t["scheme_a"] == scheme else t["scheme_a"]
-            values[metric_key("test", t["label"], f"{t['metric']}_p_vs_{other}")] = number(t["p"])
+            key = metric_key("test", t["label"], f"{t['metric']}_p_vs_{other}")
+            values[key] = number(t["p"])
+            if "p_holm" in t:
+                values[f"{key}_holm"] = number(t["p_holm"])
     return {k: v for k, v in values.items() if not math.isnan(v)}

@@ -10,7 +10,14 @@ import pytest
 from scipy.stats import wilcoxon
 
 from adseg.evaluation.cases import METRIC_COLUMNS
-from adseg.evaluation.statistics import paired_test, per_patient
+from adseg.evaluation.statistics import (
+    bootstrap_mean,
+    holm,
+    mean_over,
+    paired_bootstrap,
+    paired_test,
+    per_patient,
+)
 from adseg.evaluation.summary import summarize
 from adseg.io import write_tsv
 from adseg.preprocessing.qc import read_tsv
@@ -79,35 +86,57 @@ def test_summary_table_in_kohl_layout(tmp_path):
         rows.append(_row("ce", fold, f"c{i}", f"P{i}", 0.3 + 0.01 * i, 0.4))
         rows.append(_row("adversarial", fold, f"c{i}", f"P{i}", 0.5 + 0.02 * i, 0.6))
         rows.append(_row("hybrid", fold, f"c{i}", f"P{i}", 0.4, math.nan if i < 2 else 0.5))
-    path = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5)
+    path = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5, "dice", 200)
     text = path.read_text()
     assert "| training scheme | loss | lesion DSC | sensitivity | specificity |" in text
     ce_dice = np.array([0.3 + 0.01 * i for i in range(8)])
-    assert (
-        f"| cross-entropy | L_mce | {ce_dice.mean():.2f} ± {ce_dice.std(ddof=1):.2f} (n=8)" in text
-    )
-    assert "| hybrid | 0.5·L_mce + L_S & L_D | 0.40 ± 0.00 (n=8) | 0.50 ± 0.00 (n=6) |" in text
     stats = read_tsv(tmp_path / "exp" / "summary.tsv")
+    ce = next(s for s in stats if (s["scheme"], s["metric"], s["fold"]) == ("ce", "dice", "all"))
+    low, high = float(ce["ci_low"]), float(ce["ci_high"])
+    assert low < ce_dice.mean() < high and high - low < 4 * ce_dice.std(ddof=1) / np.sqrt(8)
+    assert (
+        f"| cross-entropy | L_mce | {ce_dice.mean():.2f} ± {ce_dice.std(ddof=1):.2f} "
+        f"[{low:.2f}, {high:.2f}] (n=8)" in text
+    )
+    assert (
+        "| hybrid | 0.5·L_mce + L_S & L_D | 0.40 ± 0.00 [0.40, 0.40] (n=8) | "
+        "0.50 ± 0.00 [0.50, 0.50] (n=6) |" in text
+    )
     fold0 = next(s for s in stats if (s["scheme"], s["metric"], s["fold"]) == ("ce", "dice", "0"))
     assert int(fold0["n"]) == 2 and float(fold0["mean"]) == pytest.approx((0.30 + 0.34) / 2)
     tests = read_tsv(tmp_path / "exp" / "tests.tsv")
+    # the declared primary endpoint leads: its 3 comparisons, Holm-corrected among themselves
+    assert "## Primary endpoint: Dice (all patients) (`evaluate.primary: dice`)" in text
+    primary = [t for t in tests if t["family"] == "primary"]
+    assert [(t["scheme_a"], t["scheme_b"]) for t in primary] == [
+        ("ce", "adversarial"),
+        ("ce", "hybrid"),
+        ("adversarial", "hybrid"),
+    ]
+    assert all(float(t["p_holm"]) >= float(t["p"]) for t in primary)
     ce_adv = next(
         t
         for t in tests
-        if (t["metric"], t["scheme_a"], t["scheme_b"]) == ("dice", "ce", "adversarial")
+        if (t["family"], t["metric"], t["scheme_a"], t["scheme_b"])
+        == ("secondary", "sensitivity", "ce", "adversarial")
     )
     assert int(ce_adv["n"]) == 8 and float(ce_adv["p"]) < 0.05
+    assert float(ce_adv["diff"]) == pytest.approx(-0.2)
+    assert float(ce_adv["ci_low"]) <= -0.2 <= float(ce_adv["ci_high"])
+    secondary = [t for t in tests if t["family"] == "secondary"]
+    assert not any(t["metric"] == "dice" and t["test"] == "wilcoxon" for t in secondary)
+    assert float(ce_adv["p_holm"]) >= float(ce_adv["p"])
     assert (tmp_path / "exp" / "plots" / "lesion_dice.png").stat().st_size > 5000
 
 
 def test_every_registered_scheme_has_a_row_and_an_unknown_one_is_refused(tmp_path):
     rows = [_row(s, i % 4, f"c{i}", f"P{i}", 0.5, 0.5) for s in SCHEMES for i in range(4)]
-    text = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5).read_text()
+    text = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5, "dice", 200).read_text()
     for scheme in SCHEMES.values():
         assert f"| {scheme.label} |" in text
     rows.append(_row("focal", 0, "c0", "P0", 0.5, 0.5))
     with pytest.raises(ValueError, match="unknown scheme.*focal"):
-        summarize(_write(tmp_path / "more", rows), tmp_path / "exp2", "test", 0.5)
+        summarize(_write(tmp_path / "more", rows), tmp_path / "exp2", "test", 0.5, "dice", 200)
 
 
 def test_the_readmes_results_table_has_the_summarys_columns_and_rows(tmp_path):
@@ -123,7 +152,77 @@ def test_the_readmes_results_table_has_the_summarys_columns_and_rows(tmp_path):
         for scheme in ("ce", "adversarial", "hybrid")
         for i in range(8)
     ]
-    text = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5).read_text()
-    written = text[text.index("| training scheme") :].split("\n\n")[0].splitlines()
+    text = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5, "dice", 200).read_text()
+    written = text[text.index("| training scheme | loss") :].split("\n\n")[0].splitlines()
     assert table[:2] == written[:2]
     assert [r.split(" | ")[:2] for r in table[2:]] == [r.split(" | ")[:2] for r in written[2:]]
+
+
+def test_holm_on_a_hand_computed_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, math.nan, 0.9]) == pytest.approx([1.0, math.nan, 1.0], nan_ok=True)
+    assert holm([]) == []
+
+
+def test_the_bootstrap_on_a_known_small_example():
+    # two patients, values 0 and 1: a drawn mean is 0, 0.5 or 1 with odds 1/4, 1/2, 1/4
+    result = bootstrap_mean({"a": 0.0, "b": 1.0}, draws=4000)
+    assert result["estimate"] == 0.5 and (result["low"], result["high"]) == (0.0, 1.0)
+    assert np.mean(result["draws"] == 0.5) == pytest.approx(0.5, abs=0.03)
+    # many patients: the interval of a mean is about mean ± 1.96 sd / sqrt(n)
+    values = np.random.default_rng(1).normal(0.5, 0.2, 200)
+    result = bootstrap_mean({f"p{i}": v for i, v in enumerate(values)})
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert (result["high"] - result["low"]) / 2 == pytest.approx(half, rel=0.1)
+    # a patient's seeds are averaged first: each patient weighs the same
+    seeds = bootstrap_mean({"a": [0.0, 1.0], "b": [1.0]})
+    assert seeds["estimate"] == pytest.approx(0.75)
+
+
+def test_a_paired_bootstrap_keeps_the_pairing():
+    rng = np.random.default_rng(0)
+    base = {f"p{i}": v for i, v in enumerate(rng.uniform(0, 1, 30))}
+    shifted = {p: v + 0.1 for p, v in base.items()}
+    units = sorted(base)
+    result = paired_bootstrap(units, mean_over(shifted), mean_over(base))
+    # every patient moves by 0.1: the pairing leaves no spread at all
+    assert result["diff"] == pytest.approx(0.1)
+    assert result["low"] == pytest.approx(0.1) and result["high"] == pytest.approx(0.1)
+    assert result["p"] == pytest.approx(1 / 2000)
+    same = paired_bootstrap(units, mean_over(base), mean_over(base))
+    assert same["diff"] == 0 and same["p"] == 1.0
+
+
+def test_wilcoxon_n_counts_the_pairs_it_used():
+    a = {"P1": 1.0, "P2": 1.0, "P3": 0.2, "P4": 0.7, "P5": 0.1}
+    b = {"P1": 1.0, "P2": 1.0, "P3": 0.4, "P4": 0.3, "P5": 0.6}
+    t = paired_test(a, b)  # two lesion-free patients with Dice 1 in both: no sign
+    assert (t["n"], t["n_pairs"]) == (3, 5)
+
+
+def test_training_seeds_are_averaged_per_patient_and_their_spread_reported(tmp_path):
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        for i in range(8):
+            for scheme in ("ce", "hybrid"):
+                row = _row(scheme, i % 4, f"c{i}", f"P{i}", 0.4 + shift, 0.5, fp=2)
+                rows.append(row | {"seed": seed})
+    paths = []
+    for seed in (0, 1):
+        for scheme in ("ce", "hybrid"):
+            path = tmp_path / f"{scheme}_{seed}.tsv"
+            mine = [r for r in rows if r["seed"] == seed and r["scheme"] == scheme]
+            write_tsv(path, mine, (*METRIC_COLUMNS, "seed"))
+            paths.append(path)
+    text = summarize(paths, tmp_path / "exp", "test", 0.5, "dice", 200).read_text()
+    assert "2 training seeds (0, 1)" in text
+    stats = read_tsv(tmp_path / "exp" / "summary.tsv")
+    get = {(s["scheme"], s["metric"], s["fold"]): s for s in stats}
+    dice = get[("ce", "dice", "all")]
+    assert float(dice["mean"]) == pytest.approx(0.45) and int(dice["n"]) == 8
+    assert float(dice["seed_std"]) == pytest.approx(np.std([0.4, 0.5], ddof=1))
+    assert dice["n_seeds"] == "2"
+    # the interval resamples seeds within patients: it spans the two seeds' values
+    assert float(dice["ci_low"]) < 0.45 < float(dice["ci_high"])
+    assert float(get[("ce", "lesion_fp", "all")]["mean"]) == 2  # averaged, not summed

@@ -54,7 +54,11 @@ def _train(tiny_experiment, cfg, scheme, fold, resume="auto", tracker=None) -> P
 def _evaluate(tiny_experiment, cfg, fold_dir: Path) -> Path:
     metrics = fold_dir / "metrics.tsv"
     rows = evaluate_fold(
-        fold_dir, tiny_experiment["preprocessed"], show_progress=False, overlays=fold_dir / "ov"
+        fold_dir,
+        tiny_experiment["preprocessed"],
+        show_progress=False,
+        overlays=fold_dir / "ov",
+        detection=fold_dir / "detection",
     )
     write_tsv(metrics, rows, METRIC_COLUMNS)
     files = [metrics, *sorted((fold_dir / "ov").glob("*.png"))]
@@ -175,6 +179,11 @@ def test_schemes_are_parents_and_folds_nested_runs_with_metrics_and_artifacts(
     assert hybrid["test/lesion/dice_n"] >= 1
     assert {"test/lesion/dice_std", "test/lesion/dice_median"} <= hybrid.keys()
     assert "test/lesion/dice_p_vs_ce" in hybrid or "test/lesion/sensitivity_p_vs_ce" in hybrid
+    # the primary endpoint (PI-CAI lesion AP from the detection maps), intervals, Holm
+    assert 0.0 <= hybrid["test/lesion/lesion_ap"] <= 1.0
+    assert "test/lesion/lesion_ap_p_vs_ce_holm" in hybrid
+    assert hybrid["test/lesion/dice_ci_low"] <= hybrid["test/lesion/dice"]
+    assert hybrid["test/lesion/dice"] <= hybrid["test/lesion/dice_ci_high"]
     summary = _artifacts(client, parent_of["hybrid"].info.run_id, "summary")
     assert {"summary.md", "summary.tsv", "tests.tsv", "plots"} <= summary
     assert "config.yaml" in _artifacts(client, parent_of["hybrid"].info.run_id, "")

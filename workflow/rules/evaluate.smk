@@ -48,7 +48,7 @@ rule summarize:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=settings("experiment", "adversarial"),
+        cfg=settings("experiment", "adversarial", "evaluate"),
         exp=EXP,
     shell:
         "python -m adseg summarize {input} -o {params.exp} --set {params.cfg} > {log} 2>&1"

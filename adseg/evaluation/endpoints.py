@@ -1,0 +1,180 @@
+"""The summary's uncertainty: patient-bootstrap intervals, the spread between training seeds,
+the PI-CAI cohort metrics per scheme, the declared primary endpoint and Holm's correction.
+
+Every interval resamples patients (all of a patient's scans together), with one set of draws
+shared by all schemes, so a difference between two schemes keeps their pairing. A patient's
+value is the mean over its visits and then over the training seeds; with several seeds a
+per-patient mean's draw also resamples the seeds of each drawn patient (so the interval
+covers both sources), and a cohort metric (AP, AUROC) is the mean of the seeds' values on the
+drawn patients. ``seed_std`` is the standard deviation, between seeds, of the value on all
+patients.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from adseg.evaluation.statistics import holm, number
+
+CI_LEVEL = 0.95
+COHORT_METRICS = (
+    "lesion_ap",
+    "patient_auroc",
+    "ranking_score",
+    "froc_sens_fp0.5",
+    "froc_sens_fp1",
+    "froc_sens_fp2",
+)
+# picai's summary is recomputed per draw; more draws buy little for an interval's ends
+COHORT_DRAWS = 1000
+
+
+def seed_of(row: dict) -> int:
+    """A metrics row's training seed (0 for files written before seeds were recorded)."""
+    return int(number(row.get("seed", "0") or "0"))
+
+
+def interval(draws: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The percentile interval of the defined draws (NaN, NaN if none is)."""
+    defined = draws[~np.isnan(draws)]
+    if not len(defined):
+        return math.nan, math.nan
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(defined, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def difference(a: np.ndarray, b: np.ndarray, level: float = CI_LEVEL) -> dict:
+    """Paired draws of A and B → the difference's interval and a two-sided bootstrap p (twice
+    the share of draws on the far side of zero, at least one draw's worth)."""
+    d = a - b
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return {"ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
+    low, high = interval(d, level)
+    p = max(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))), 1 / len(d))
+    return {"ci_low": low, "ci_high": high, "p": float(p)}
+
+
+def patient_draws(patients: list[str], draws: int, seed: int = 0) -> np.ndarray:
+    """``draws`` resamples of the patients' indices, with replacement, shared by all schemes."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, len(patients), size=(draws, len(patients)))
+
+
+def mean_draws(
+    by_seed: dict[str, list[float]], patients: list[str], index: np.ndarray, seed: int = 1
+) -> np.ndarray:
+    """Bootstrap draws of a per-patient mean: ``by_seed[patient]`` is the patient's value per
+    training seed; each draw takes the drawn patients and, for each, its seeds resampled."""
+    rng = np.random.default_rng(seed)
+    values = [np.asarray(by_seed.get(p, [math.nan]), float) for p in patients]
+    out = np.empty(len(index))
+    for d, row in enumerate(index):
+        picked = []
+        for i in row:
+            v = values[i]
+            if len(v) > 1:
+                v = v[rng.integers(0, len(v), len(v))]
+            picked.append(np.nanmean(v) if not np.all(np.isnan(v)) else math.nan)
+        picked = np.asarray(picked)
+        picked = picked[~np.isnan(picked)]
+        out[d] = picked.mean() if len(picked) else math.nan
+    return out
+
+
+def seed_std(by_seed: dict[str, list[float]]) -> float:
+    """The std between seeds of the mean over patients (NaN with one seed)."""
+    n_seeds = max((len(v) for v in by_seed.values()), default=0)
+    if n_seeds < 2:
+        return math.nan
+    means = []
+    for s in range(n_seeds):
+        defined = [v[s] for v in by_seed.values() if len(v) > s and not math.isnan(v[s])]
+        if defined:
+            means.append(float(np.mean(defined)))
+    return float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
+
+
+def detection_inputs(metric_files: list[Path]) -> dict[str, dict[int, list[Path]]]:
+    """scheme → seed → the detection folders its evaluated folds wrote beside metrics.tsv."""
+    from adseg.preprocessing.qc import read_tsv
+
+    found: dict[str, dict[int, list[Path]]] = {}
+    for f in metric_files:
+        folder = Path(f).parent / "detection"
+        rows = read_tsv(f)
+        if rows and folder.is_dir():
+            found.setdefault(rows[0]["scheme"], {}).setdefault(seed_of(rows[0]), []).append(folder)
+    return found
+
+
+def cohort_endpoints(
+    folders: dict[str, dict[int, list[Path]]], draws: int = COHORT_DRAWS, seed: int = 0
+) -> tuple[dict[str, dict], dict[str, dict[str, np.ndarray]]]:
+    """The PI-CAI cohort metrics of each scheme with their patient-bootstrap intervals.
+
+    Returns:
+        scheme → metric → ``{"value", "ci_low", "ci_high", "seed_std", "n"}`` (n: patients),
+        and scheme → metric → the draws (shared patient draws: for paired differences).
+    """
+    from adseg.evaluation.detection import detection_map, evaluate_detections, summarise
+    from adseg.evaluation.detection import load_detection_inputs as load
+
+    matched: dict[str, list] = {}
+    cases_of: dict[str, list[str]] = {}
+    for scheme, by_seed in folders.items():
+        matched[scheme] = []
+        for _, seed_folders in sorted(by_seed.items()):
+            cases = load(seed_folders)
+            metrics = evaluate_detections(
+                [c[2] for c in cases],
+                [c[3] for c in cases],
+                [c[0] for c in cases],
+                postprocess=detection_map,  # candidates extracted in picai_eval's threads
+            )
+            matched[scheme].append(metrics)
+            for case_id, patient, _, _ in cases:
+                cases_of.setdefault(patient, [])
+                if case_id not in cases_of[patient]:
+                    cases_of[patient].append(case_id)
+    patients = sorted(cases_of)
+    index = patient_draws(patients, draws, seed)
+    table: dict[str, dict] = {}
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    for scheme, per_seed in matched.items():
+        point = [summarise(m) for m in per_seed]
+        samples = np.full((len(index), len(COHORT_METRICS)), math.nan)
+        for d, row in enumerate(index):
+            ids = [c for i in row for c in cases_of[patients[i]]]
+            values = [summarise(m, ids) for m in per_seed]
+            samples[d] = [_mean_defined([v[k] for v in values]) for k in COHORT_METRICS]
+        table[scheme], drawn[scheme] = {}, {}
+        for j, k in enumerate(COHORT_METRICS):
+            estimates = [p[k] for p in point]
+            low, high = interval(samples[:, j])
+            spread = float(np.std(estimates, ddof=1)) if len(estimates) > 1 else math.nan
+            table[scheme][k] = {
+                "value": _mean_defined(estimates),
+                "ci_low": low,
+                "ci_high": high,
+                "seed_std": spread,
+                "n": len(patients),
+            }
+            drawn[scheme][k] = samples[:, j]
+    return table, drawn
+
+
+def _mean_defined(values: list[float]) -> float:
+    """The mean of the defined values; NaN (silently) when none is (AP without a lesion)."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def with_holm(tests: list[dict], family: str) -> list[dict]:
+    """The tests of one family with ``p_holm``, Holm's correction over all of them."""
+    adjusted = holm([t["p"] for t in tests])
+    return [t | {"family": family, "p_holm": a} for t, a in zip(tests, adjusted, strict=True)]
