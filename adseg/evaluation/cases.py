@@ -27,7 +27,7 @@ from adseg.log import logger, progress
 from adseg.preprocessing.cohort import original_cases
 from adseg.training.loader import case_items, validation_dataset
 
-ID_COLUMNS = ("scheme", "fold", "case_id", "patient_id", "domain", "label")
+ID_COLUMNS = ("scheme", "fold", "seed", "case_id", "patient_id", "domain", "label")
 
 
 def evaluate_fold(
@@ -86,6 +86,7 @@ def evaluate_fold(
             ids = {
                 "scheme": name,
                 "fold": spec["fold"],
+                "seed": spec.get("seed", 0),  # the training seed (model folders before it: 0)
                 "case_id": case_id,
                 "patient_id": meta["patient_id"],
                 "domain": meta["domain"],

@@ -136,7 +136,7 @@ def test_workflow_on_a_decathlon_task_with_given_splits(msd_cohort, tmp_path):
     assert plans["channel_names"] == ["T2", "ADC"] and plans["labels"]["TZ"] == 2
     # two foreground labels: one metrics row per held-out case and label
     metrics = (exp / "ce" / "fold_0" / "metrics.tsv").read_text().splitlines()
-    assert [line.split("\t")[5] for line in metrics[1:]] == ["PZ", "TZ"]
+    assert [line.split("\t")[6] for line in metrics[1:]] == ["PZ", "TZ"]
     # a label fixed in place makes the stages that read it out of date
     label = root / "labelsTr" / "prostate_02.nii.gz"
     image = sitk.ReadImage(str(label))
@@ -208,5 +208,5 @@ def test_workflow_on_a_cohort_whose_dataset_json_fits_both_layouts(nnunet_cohort
     held_out = json.loads((exp / "splits.json").read_text())["folds"][0]["val"]
     rows = target.read_text().splitlines()
     # a row per held-out case and foreground label (lesion, zone), under nnU-Net's case ids
-    assert sorted(line.split("\t")[2] for line in rows[1:]) == sorted(2 * held_out)
+    assert sorted(line.split("\t")[3] for line in rows[1:]) == sorted(2 * held_out)
     assert set(held_out) <= set(cases)
