@@ -96,7 +96,7 @@ def markdown(
         lines.append("")
         lines.append(
             "Per scan (a patient's visits count apart), lesion candidates from each softmax "
-            "map (report_guided_annotation, dynamic); intervals over patients. "
+            "map (report_guided_annotation, dynamic-fast); intervals over patients. "
             "adseg/evaluation/detection.py."
         )
     for label in labels:
