@@ -140,22 +140,30 @@ def test_every_registered_scheme_has_a_row_and_an_unknown_one_is_refused(tmp_pat
 
 
 def test_the_readmes_results_table_has_the_summarys_columns_and_rows(tmp_path):
-    """The README's table is copied from a run's summary.md: same header, same scheme and
-    loss cells, in the same order (a column the summary lacks would show up here)."""
+    """The README's per-patient tables are copied from a run's summary.md: same header, same
+    scheme and loss cells, in the same order (a column the summary lacks would show up)."""
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("### What the default run reaches") :]
-    table = [line for line in section.split("\n\n")[2].splitlines() if line.startswith("|")]
+    section = section[: section.index("\n## ")]
     rows = [
         _row(scheme, i % 4, f"c{i}", f"P{i}", 0.5, 0.5)
         for scheme in ("ce", "adversarial", "hybrid")
         for i in range(8)
     ]
     text = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5, "dice", 200).read_text()
-    written = text[text.index("| training scheme | loss") :].split("\n\n")[0].splitlines()
-    assert table[:2] == written[:2]
-    assert [r.split(" | ")[:2] for r in table[2:]] == [r.split(" | ")[:2] for r in written[2:]]
+
+    def table(doc: str, header: str) -> list[str]:
+        return doc[doc.index(header) :].split("\n\n")[0].splitlines()
+
+    for header in ("| training scheme | loss |", "| training scheme | DSC, with a lesion |"):
+        mine, written = table(section, header), table(text, header)
+        assert mine[:2] == written[:2]
+        keys = 2 if "loss" in header else 1  # the scheme, and in Kohl's table its loss
+        assert [r.split(" | ")[:keys] for r in mine[2:]] == [
+            r.split(" | ")[:keys] for r in written[2:]
+        ]
 
 
 def test_holm_on_a_hand_computed_example():
