@@ -60,7 +60,8 @@ def test_validate_preprocess_splits_qc_chain(cohort, tmp_path):
     assert json.loads((pre / "plans.json").read_text())["target_spacing"] == [2.0, 2.0, 3.0]
     run = adseg("splits", pre, "-o", tmp_path / "splits.json", "--folds", 2, "--seed", 1)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("fold  patients  cases")
+    assert run.stdout.startswith("fold  test patients  cases")
+    assert "inner train/val patients" in run.stdout.splitlines()[0]
     assert len(json.loads((tmp_path / "splits.json").read_text())["folds"]) == 2
     run = adseg("qc", pre, "-o", tmp_path / "qc", "--no-progress")
     assert run.returncode == 0, run.stderr

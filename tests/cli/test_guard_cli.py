@@ -194,7 +194,9 @@ def test_summarize_writes_beside_the_results_it_tabulates_and_nowhere_foreign(tm
         write_tsv(path, rows, METRIC_COLUMNS)
         metrics.append(path)
     inputs = tree(exp)
-    run = adseg("summarize", *metrics, "-o", exp)
+    # hand-written metrics have no detection maps: a per-patient primary endpoint
+    dice = ("--set", '{"evaluate": {"primary": "dice"}}')
+    run = adseg("summarize", *metrics, "-o", exp, *dice)
     assert run.returncode == 0, run.stderr
     assert (exp / "summary.md").is_file()
     now = tree(exp)
@@ -202,8 +204,8 @@ def test_summarize_writes_beside_the_results_it_tabulates_and_nowhere_foreign(tm
     elsewhere = tmp_path / "documents"
     elsewhere.mkdir()
     (elsewhere / "summary.md").write_text("my own summary")
-    run = adseg("summarize", *metrics, "-o", elsewhere)
+    run = adseg("summarize", *metrics, "-o", elsewhere, *dice)
     refused(run, elsewhere)
     assert (elsewhere / "summary.md").read_text() == "my own summary"
-    run = adseg("summarize", *metrics, "-o", metrics[0].parent.parent)  # not all inside
+    run = adseg("summarize", *metrics, "-o", metrics[0].parent.parent, *dice)  # not all inside
     refused(run, metrics[0].parent.parent)
