@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adseg.evaluation.statistics import holm, number
+from adseg.evaluation.statistics import holm, interval, number
 
-CI_LEVEL = 0.95
 COHORT_METRICS = (
     "lesion_ap",
     "patient_auroc",
@@ -37,28 +36,6 @@ COHORT_DRAWS = 200
 def seed_of(row: dict) -> int:
     """A metrics row's training seed (0 for files written before seeds were recorded)."""
     return int(number(row.get("seed", "0") or "0"))
-
-
-def interval(draws: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
-    """The percentile interval of the defined draws (NaN, NaN if none is)."""
-    defined = draws[~np.isnan(draws)]
-    if not len(defined):
-        return math.nan, math.nan
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(defined, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def difference(a: np.ndarray, b: np.ndarray, level: float = CI_LEVEL) -> dict:
-    """Paired draws of A and B → the difference's interval and a two-sided bootstrap p (twice
-    the share of draws on the far side of zero, at least one draw's worth)."""
-    d = a - b
-    d = d[~np.isnan(d)]
-    if not len(d):
-        return {"ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
-    low, high = interval(d, level)
-    p = max(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))), 1 / len(d))
-    return {"ci_low": low, "ci_high": high, "p": float(p)}
 
 
 def patient_draws(patients: list[str], draws: int, seed: int = 0) -> np.ndarray:

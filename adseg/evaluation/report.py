@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from adseg.evaluation.endpoints import CI_LEVEL, COHORT_DRAWS, COHORT_METRICS
-from adseg.evaluation.statistics import DERIVED, KOHL_METRICS
+from adseg.evaluation.endpoints import COHORT_DRAWS, COHORT_METRICS
+from adseg.evaluation.statistics import CI_LEVEL, DERIVED, KOHL_METRICS
 from adseg.training.schemes import SCHEMES
 
 NAMES = {

@@ -126,6 +126,29 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 BOOTSTRAP_DRAWS = 2000
+CI_LEVEL = 0.95
+
+
+def interval(draws: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The percentile interval of the defined draws (NaN, NaN if none is)."""
+    defined = draws[~np.isnan(draws)]
+    if not len(defined):
+        return math.nan, math.nan
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(defined, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def difference(a: np.ndarray, b: np.ndarray, level: float = CI_LEVEL) -> dict:
+    """Paired draws of A and B → the difference's interval and a two-sided bootstrap p (twice
+    the share of draws on the far side of zero, at least one draw's worth)."""
+    d = a - b
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return {"ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
+    low, high = interval(d, level)
+    p = max(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))), 1 / len(d))
+    return {"ci_low": low, "ci_high": high, "p": float(p)}
 
 
 def bootstrap(
@@ -133,7 +156,7 @@ def bootstrap(
     statistic: Callable[[list[str]], float],
     draws: int = BOOTSTRAP_DRAWS,
     seed: int = 0,
-    level: float = 0.95,
+    level: float = CI_LEVEL,
 ) -> dict:
     """Percentile bootstrap of ``statistic`` over ``units`` (patients) drawn with replacement.
 
@@ -152,10 +175,8 @@ def bootstrap(
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(units), size=(draws, len(units)))
     values = np.array([statistic([units[i] for i in row]) for row in index], float)
-    defined = values[~np.isnan(values)]
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(defined, [tail, 100 - tail]) if len(defined) else (math.nan,) * 2
-    return {"estimate": estimate, "low": float(low), "high": float(high), "draws": values}
+    low, high = interval(values, level)
+    return {"estimate": estimate, "low": low, "high": high, "draws": values}
 
 
 def mean_over(values: dict[str, float | Sequence[float]]) -> Callable[[list[str]], float]:
@@ -180,7 +201,7 @@ def paired_bootstrap(
     statistic_b: Callable[[list[str]], float],
     draws: int = BOOTSTRAP_DRAWS,
     seed: int = 0,
-    level: float = 0.95,
+    level: float = CI_LEVEL,
 ) -> dict:
     """The difference A − B of two statistics on the same patients, bootstrapped by drawing
     the patients once for both (so their pairing is kept).
@@ -190,21 +211,17 @@ def paired_bootstrap(
     bootstrap's test of "no difference".
     """
 
-    def difference(drawn: list[str]) -> float:
+    def a_minus_b(drawn: list[str]) -> float:
         return statistic_a(drawn) - statistic_b(drawn)
 
-    result = bootstrap(units, difference, draws, seed, level)
-    d = result["draws"][~np.isnan(result["draws"])] if len(result["draws"]) else np.array([])
-    if not len(d):
-        p = math.nan
-    else:
-        p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
-        p = max(p, 1 / len(d))
+    result = bootstrap(units, a_minus_b, draws, seed, level)
+    drawn = result["draws"]
+    p = difference(drawn, np.zeros_like(drawn), level)["p"]
     return {
         "diff": result["estimate"],
         "low": result["low"],
         "high": result["high"],
-        "p": float(p),
+        "p": p,
         "n": len(units),
     }
 

@@ -33,8 +33,6 @@ from adseg.evaluation.endpoints import (
     COHORT_METRICS,
     cohort_endpoints,
     detection_inputs,
-    difference,
-    interval,
     mean_draws,
     patient_draws,
     seed_of,
@@ -46,6 +44,8 @@ from adseg.evaluation.statistics import (
     BOOTSTRAP_DRAWS,
     DERIVED,
     average_seeds,
+    difference,
+    interval,
     label_tables,
     per_patient,
 )
