@@ -182,6 +182,17 @@ def phantom() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     return make_phantom
 
 
+def with_msd_keys(root: Path) -> None:
+    """Give an nnU-Net raw folder's dataset.json MSD's keys too, as converted datasets have."""
+    dataset = json.loads((root / "dataset.json").read_text())
+    ids = sorted({p.name[: -len("_0000.nii.gz")] for p in (root / "imagesTr").glob("*_0000.*")})
+    dataset["modality"] = dict(dataset["channel_names"])
+    dataset["training"] = [
+        {"image": f"./imagesTr/{c}_0000.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ids
+    ]
+    (root / "dataset.json").write_text(json.dumps(dataset))
+
+
 def assert_roles_disjoint(spec: dict, dataset: dict) -> None:
     """No test patient in a model's training or validation (selection) cases: the check of
     every model folder a test trains (segmentation schemes, ADDA, GAN tasks)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import with_msd_keys
 
 from adseg.data.cohort import CohortError, discover_cohort, read_channel, read_channels, read_label
 from adseg.data.problems import ChannelSource, Problem
@@ -104,17 +105,6 @@ def test_auto_layout_names_file_and_missing_keys(tmp_path):
     assert "'channel_names'" in error.message and "'modality'" in error.message
     assert "'training'" not in error.message
     assert cohort.cases == []
-
-
-def with_msd_keys(root: Path) -> None:
-    """Give an nnU-Net raw folder's dataset.json MSD's keys too, as converted datasets have."""
-    dataset = json.loads((root / "dataset.json").read_text())
-    ids = sorted({p.name[: -len("_0000.nii.gz")] for p in (root / "imagesTr").glob("*_0000.*")})
-    dataset["modality"] = dict(dataset["channel_names"])
-    dataset["training"] = [
-        {"image": f"./imagesTr/{c}_0000.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in ids
-    ]
-    (root / "dataset.json").write_text(json.dumps(dataset))
 
 
 def test_a_dataset_json_with_both_layouts_keys_says_which_was_read_and_why(nnunet_cohort):

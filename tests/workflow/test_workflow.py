@@ -7,7 +7,7 @@ import os
 
 import pytest
 import SimpleITK as sitk
-from conftest import assert_roles_disjoint, snakemake
+from conftest import assert_roles_disjoint, snakemake, with_msd_keys
 from mlflow.tracking import MlflowClient
 
 
@@ -96,6 +96,28 @@ def test_workflow_lint_is_clean():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def one_epoch_config(tmp_path, experiment: str, dataset: dict, folds: dict):
+    """A config file for a real cohort: the ce scheme, one epoch of a tiny 2-D U-Net."""
+    config = tmp_path / f"{experiment}.yaml"
+    settings = {
+        "experiment": experiment,
+        "results_dir": str(tmp_path / "results"),
+        "dataset": dataset,
+        "preprocess": {"target_spacing": [1.2, 1.2, 3.0]},
+        "folds": folds,
+        "schemes": ["ce"],
+        "train": {
+            "network": {"features": [4, 8]},
+            "patch_size": [4, 4],
+            "batch_size": 2,
+            "samples_per_case": 1,
+            "epochs": 1,
+        },
+    }
+    config.write_text(json.dumps(settings))
+    return config
+
+
 @pytest.mark.slow
 def test_workflow_on_a_decathlon_task_with_given_splits(msd_cohort, tmp_path):
     root = msd_cohort(case_ids=[f"prostate_{i:02d}" for i in range(4)])
@@ -103,25 +125,8 @@ def test_workflow_on_a_decathlon_task_with_given_splits(msd_cohort, tmp_path):
     cases = [f"prostate_{i:02d}" for i in range(4)]
     folds = [{"train": [c for c in cases if c != v], "val": [v]} for v in cases]
     given.write_text(json.dumps(folds))
-    config = tmp_path / "msd.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "experiment": "msd",
-                "results_dir": str(tmp_path / "results"),
-                "dataset": {"source": "msd", "path": str(root)},
-                "preprocess": {"target_spacing": [1.2, 1.2, 3.0]},
-                "folds": {"n": 4, "file": str(given)},
-                "schemes": ["ce"],
-                "train": {
-                    "network": {"features": [4, 8]},
-                    "patch_size": [4, 4],
-                    "batch_size": 2,
-                    "samples_per_case": 1,
-                    "epochs": 1,
-                },
-            }
-        )
+    config = one_epoch_config(
+        tmp_path, "msd", {"source": "msd", "path": str(root)}, {"n": 4, "file": str(given)}
     )
     exp = tmp_path / "results" / "msd"
     # up to one evaluated fold: enough to see a real cohort with two labels through training
@@ -172,31 +177,9 @@ def test_workflow_on_a_cohort_whose_dataset_json_fits_both_layouts(nnunet_cohort
     again (auto-detection would read it as MSD, with case ids ``<case>_0000``)."""
     cases = [f"case_{i:03d}" for i in range(4)]
     root = nnunet_cohort(case_ids=cases)
-    dataset = json.loads((root / "dataset.json").read_text())
-    dataset["modality"] = dict(dataset["channel_names"])
-    dataset["training"] = [
-        {"image": f"./imagesTr/{c}_0000.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases
-    ]
-    (root / "dataset.json").write_text(json.dumps(dataset))
-    config = tmp_path / "mixed.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "experiment": "mixed",
-                "results_dir": str(tmp_path / "results"),
-                "dataset": {"source": "nnunet", "path": str(root)},
-                "preprocess": {"target_spacing": [1.2, 1.2, 3.0]},
-                "folds": {"n": 2, "stratify": []},
-                "schemes": ["ce"],
-                "train": {
-                    "network": {"features": [4, 8]},
-                    "patch_size": [4, 4],
-                    "batch_size": 2,
-                    "samples_per_case": 1,
-                    "epochs": 1,
-                },
-            }
-        )
+    with_msd_keys(root)
+    config = one_epoch_config(
+        tmp_path, "mixed", {"source": "nnunet", "path": str(root)}, {"n": 2, "stratify": []}
     )
     exp = tmp_path / "results" / "mixed"
     target = exp / "ce" / "fold_0" / "metrics.tsv"
