@@ -8,9 +8,14 @@ grids, and a second visit is the same anatomy under a new pose. Labels are lesio
 >= 0.5 on the T2w grid.
 
 Tissues (:data:`TISSUES`): fat, muscle, rectal wall and gas, urine, peripheral (PZ) and
-transition zone (TZ), lesions (dark on T2w and ADC, bright on DWI) and two benign mimics, TZ
-stromal nodules (dark T2w, normal ADC and DWI) and PZ prostatitis bands (mildly dark T2w and
-ADC, not DWI-bright), so that no one-channel threshold finds the lesions.
+transition zone (TZ), lesions and two benign mimics: TZ stromal (BPH) nodules, round, in a dark
+T2w capsule, and PZ prostatitis, flat bands. The values in :data:`TISSUES` are nominal; every
+lesion and mimic draws its own (:mod:`adseg.data.synthetic`): a lesion lies between its zone
+and the nominal lesion by a conspicuity that varies by patient, and mimics are drawn so that
+their T2w, ADC and DWI overlap the lesions' on every channel. What tells a lesion from a mimic
+is the combination of channels, the shape (a mimic's capsule, a band) and where it lies: pelvic
+lymph nodes in the fat beside the gland are drawn exactly like lesions (restricted diffusion,
+dark T2w), and only their place outside the gland tells them apart.
 
 DWI is ``S0 * exp(-b * ADC)``, so lesions are bright at high b and how bright depends on the
 scanner's b-value. Scanners (:data:`SCANNERS`) differ in T2w gamma, scale and offset, ADC
@@ -41,13 +46,17 @@ TISSUES = {
     "urine": (1.40, 3000, 1.0),
     "peripheral_zone": (0.90, 1600, 1.0),
     "transition_zone": (0.50, 1200, 0.85),
-    "stromal_nodule": (0.28, 1150, 0.7),
-    "prostatitis": (0.55, 1300, 0.8),
-    "lesion": (0.30, 800, 0.9),
+    "stromal_nodule": (0.32, 1000, 0.85),
+    "prostatitis": (0.55, 1150, 0.95),
+    "nodule_capsule": (0.15, 1100, 0.6),  # the fibrous rim of a BPH nodule
+    "lymph_node": (0.30, 750, 0.9),  # in the fat beside the gland; each draws its own values
+    "lesion": (0.30, 750, 0.9),  # a fully conspicuous lesion
 }
-GAS, FAT, MUSCLE, WALL, URINE, PZ, TZ, NODULE, PROSTATITIS, LESION = range(len(TISSUES))
+GAS, FAT, MUSCLE, WALL, URINE, PZ, TZ, NODULE, PROSTATITIS, CAPSULE, NODE, LESION = range(
+    len(TISSUES)
+)
 T2_SIGNAL, ADC_TRUE, DWI_S0 = np.array(list(TISSUES.values()), np.float32).T
-GLAND = (PZ, TZ, NODULE, PROSTATITIS, LESION)
+GLAND = (PZ, TZ, NODULE, PROSTATITIS, CAPSULE, LESION)
 T2_SUB, DWI_SUB = (1, 1, 3), (2, 2, 3)  # sub-samples per voxel (x, y, z) for partial volume
 INT16_MAX = 32767
 Rng = np.random.Generator
@@ -86,14 +95,14 @@ class ScannerProfile:
 SCANNERS = {
     "A": ScannerProfile(
         t2_gamma=1.0, t2_scale=1000, t2_offset=0, adc_scale=1.0, b_value=1400, dwi_scale=4000,
-        bias=0.10, t2_noise=0.02, dwi_noise=0.008, adc_noise=40,
+        bias=0.25, t2_noise=0.04, dwi_noise=0.015, adc_noise=80,
         t2_spacing=(0.5, 0.5, 3.0), dwi_spacing=(2.0, 2.0, 3.0),
     ),
     # B: flatter T2w contrast, ADC read 10 % high, lower b (less DWI lesion contrast),
     # stronger bias field, noisier and coarser
     "B": ScannerProfile(
         t2_gamma=0.8, t2_scale=700, t2_offset=80, adc_scale=1.1, b_value=1000, dwi_scale=2500,
-        bias=0.30, t2_noise=0.05, dwi_noise=0.02, adc_noise=90,
+        bias=0.35, t2_noise=0.075, dwi_noise=0.03, adc_noise=120,
         t2_spacing=(0.6, 0.6, 3.6), dwi_spacing=(2.5, 2.5, 3.6),
     ),
 }
@@ -142,6 +151,9 @@ class Blob:
     waves: np.ndarray
     tissue: int
     hosts: tuple[int, ...] = ()
+    # (T2w signal, true ADC, DWI S0) of this structure when it differs from its tissue's
+    # nominal values (:data:`TISSUES`): lesions and mimics each draw their own
+    properties: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -184,36 +196,60 @@ def render_case(
         dataclasses.replace(b, radii=b.radii * visit.growth) if b.tissue == LESION else b
         for b in patient.blobs
     ]
-    t2_tissue = _paint(blobs, visit.t2_grid, T2_SUB)
-    dwi_tissue = _paint(blobs, visit.dwi_grid, DWI_SUB)
+    codes, kinds, table = _structure_codes(blobs)
+    t2_code = _paint(blobs, codes, kinds, visit.t2_grid, T2_SUB)
+    dwi_code = _paint(blobs, codes, kinds, visit.dwi_grid, DWI_SUB)
+    t2_signal, adc_true, s0 = table.T
     bias_waves = _bias_waves(rng)
-    t2 = _block_mean(T2_SIGNAL[t2_tissue], T2_SUB) ** scanner.t2_gamma
+    t2 = _block_mean(t2_signal[t2_code], T2_SUB) ** scanner.t2_gamma
     t2 = _rician(t2 * _bias(visit.t2_grid, bias_waves, scanner.bias), scanner.t2_noise, rng)
-    s0 = DWI_S0 * np.exp(-scanner.b_value * 1e-6 * ADC_TRUE)
-    dwi = _block_mean(s0[dwi_tissue], DWI_SUB) * _bias(visit.dwi_grid, bias_waves, scanner.bias)
-    dwi = _rician(dwi, scanner.dwi_noise, rng)
-    adc = scanner.adc_scale * _block_mean(ADC_TRUE[dwi_tissue], DWI_SUB)
+    dwi_signal = s0 * np.exp(-scanner.b_value * 1e-6 * adc_true)
+    dwi = _block_mean(dwi_signal[dwi_code], DWI_SUB)
+    dwi = _rician(dwi * _bias(visit.dwi_grid, bias_waves, scanner.bias), scanner.dwi_noise, rng)
+    adc = scanner.adc_scale * _block_mean(adc_true[dwi_code], DWI_SUB)
     adc = adc + rng.normal(0.0, scanner.adc_noise, adc.shape)
     images = [
         _image(scanner.t2_offset + scanner.t2_scale * t2, visit.t2_grid),
         _image(adc, visit.dwi_grid),
         _image(scanner.dwi_scale * dwi, visit.dwi_grid),
     ]
+    t2_tissue = kinds[t2_code]
     label = _image(_labels(t2_tissue, labels), visit.t2_grid, np.uint8)
     return images, label, t2_tissue[T2_SUB[2] // 2 :: T2_SUB[2]]
 
 
-def _paint(blobs: list[Blob], grid: Grid, sub: tuple[int, int, int]) -> np.ndarray:
-    """Tissue code at ``sub`` (x, y, z) sub-samples per voxel of ``grid``.
+def _structure_codes(blobs: list[Blob]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """A code per blob, what tissue each code is, and each code's (T2w, ADC, S0).
+
+    Blobs with their own ``properties`` get codes after the tissues' so that two lesions of
+    one patient can differ in contrast; the rest paint their tissue's code.
+    """
+    codes, kinds, rows = [], list(range(len(TISSUES))), [list(v) for v in TISSUES.values()]
+    for blob in blobs:
+        if blob.properties is None:
+            codes.append(blob.tissue)
+        else:
+            codes.append(len(kinds))
+            kinds.append(blob.tissue)
+            rows.append(list(blob.properties))
+    if len(kinds) > 255:
+        raise ValueError(f"{len(kinds)} structure codes; the tissue map holds 255")
+    return codes, np.asarray(kinds, np.uint8), np.asarray(rows, np.float32)
+
+
+def _paint(
+    blobs: list[Blob], codes: list[int], kinds: np.ndarray, grid: Grid, sub: tuple[int, int, int]
+) -> np.ndarray:
+    """Structure code (:func:`_structure_codes`) at ``sub`` (x, y, z) sub-samples per voxel.
 
     Returns:
         uint8 array ``(Z * sz, Y * sy, X * sx)``; later blobs overwrite earlier ones where the
-        tissue underneath is one of their hosts.
+        tissue underneath (``kinds`` of its code) is one of their hosts.
     """
     n = np.asarray(grid.size) * sub
     tissue = np.full(n[::-1], FAT, np.uint8)
     d = np.asarray(grid.direction).reshape(3, 3) * grid.spacing
-    for blob in blobs:
+    for blob, code in zip(blobs, codes, strict=True):
         # u = m @ index + t maps continuous voxel indices to normalised blob coordinates
         m = (blob.rotation.T @ d) / blob.radii[:, None]
         t = blob.rotation.T @ (np.asarray(grid.origin) - blob.centre) / blob.radii
@@ -232,8 +268,8 @@ def _paint(blobs: list[Blob], grid: Grid, sub: tuple[int, int, int]) -> np.ndarr
         inside = rho2 <= edge**2
         view = tissue[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
         if blob.hosts:
-            inside &= np.isin(view, blob.hosts)
-        view[inside] = blob.tissue
+            inside &= np.isin(kinds[view], blob.hosts)
+        view[inside] = code
     return tissue
 
 
@@ -283,7 +319,7 @@ def _labels(tissue: np.ndarray, labels: str) -> np.ndarray:
     out = np.zeros(lesion.shape, np.uint8)
     if labels == "lesion+zones":
         pz = _block_mean(np.isin(tissue, (PZ, PROSTATITIS)).astype(np.float32), T2_SUB)
-        tz = _block_mean(np.isin(tissue, (TZ, NODULE)).astype(np.float32), T2_SUB)
+        tz = _block_mean(np.isin(tissue, (TZ, NODULE, CAPSULE)).astype(np.float32), T2_SUB)
         gland = _block_mean(np.isin(tissue, GLAND).astype(np.float32), T2_SUB) >= 0.5
         out[gland] = np.where(pz[gland] >= tz[gland], 2, 3)
     out[lesion] = LABEL_SETS[labels]["lesion"]

@@ -9,22 +9,28 @@ rendering with partial volume) is :mod:`adseg.data.phantom`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from adseg import __version__
+from adseg.data.contrast import CONTRAST_FILE, case_histograms, write_contrast
 from adseg.data.phantom import (
+    CAPSULE,
     CHANNELS,
+    FAT,
     GAS,
     GLAND,
     LABEL_SETS,
     LESION,
     MUSCLE,
+    NODE,
     NODULE,
     PROSTATITIS,
     PZ,
+    TISSUES,
     TZ,
     URINE,
     WALL,
@@ -93,9 +99,13 @@ def generate_cohort(
     with atomic_dir(out_dir) as root:
         claim(root, "synth-cohort")
         cases: dict[str, dict] = {}
+        histograms: dict[str, np.ndarray] = {}
         jobs = [(p, root, labels) for p in patients]
-        for meta in parallel_map(_write_patient, jobs, workers, "synth-cohort", progress):
+        for meta, counts in parallel_map(_write_patient, jobs, workers, "synth-cohort", progress):
             cases.update(meta)
+            histograms.update(counts)
+        domains = {case: meta["domain"] for case, meta in cases.items()}
+        write_contrast(root / CONTRAST_FILE, histograms, domains)
         dataset = {
             "name": "adseg-synthetic-prostate",
             "description": "Analytic phantom of prostate mpMRI (T2w, ADC, high-b DWI) with "
@@ -114,6 +124,7 @@ def generate_cohort(
                 "two_visit_fraction": two_visit_fraction,
                 "domain_b_fraction": domain_b_fraction,
                 "domain_shift": domain_shift,
+                "contrast": CONTRAST_FILE,
             },
             "cases": cases,
         }
@@ -136,12 +147,16 @@ def _check_args(n_patients, seed, labels, two_visit_fraction, domain_b_fraction,
             raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
 
-def _write_patient(patient: Patient, root: Path, labels: str) -> dict[str, dict]:
-    """Render and write every visit of one patient; return their dataset.json entries."""
-    cases = {}
+def _write_patient(
+    patient: Patient, root: Path, labels: str
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Render and write every visit of one patient; return their dataset.json entries and
+    their tissue intensity histograms (:func:`adseg.data.contrast.case_histograms`)."""
+    cases, histograms = {}, {}
     for visit in patient.visits:
         case = f"synth_{patient.index:03d}_{visit.number}"
-        images, label, _ = render_case(patient, visit, labels)
+        images, label, tissue = render_case(patient, visit, labels)
+        histograms[case] = case_histograms(images, tissue)
         for c, image in enumerate(images):
             write_image(image, root / "imagesTr" / f"{case}_{c:04d}.nii.gz")
         write_image(label, root / "labelsTr" / f"{case}.nii.gz")
@@ -156,7 +171,7 @@ def _write_patient(patient: Patient, root: Path, labels: str) -> dict[str, dict]
             "lesion_zones": [zone for zone, _ in patient.lesions],
             "n_mimics": patient.n_mimics,
         }
-    return cases
+    return cases, histograms
 
 
 def _cohort_fractions(seed: int, index: int) -> np.ndarray:
@@ -189,6 +204,7 @@ def sample_patient(
     blobs, gland, tz = _sample_anatomy(rng, centre, tilt)
     mimics = _sample_mimics(rng, gland, tz)
     lesions = _sample_lesions(rng, gland, tz)
+    mimics += _sample_lymph_nodes(rng, gland)
     u_domain, u_visits = _cohort_fractions(seed, index)
     domain = "B" if u_domain < domain_b_fraction else "A"
     growth = [1.0, rng.uniform(1.0, 1.15)]
@@ -198,7 +214,8 @@ def sample_patient(
     )
     blobs = (*blobs, *mimics, *(b for _, _, b in lesions))
     summary = tuple((zone, d) for zone, d, _ in lesions)
-    return Patient(seed, index, domain, blobs, summary, len(mimics), visits, domain_shift)
+    n_mimics = sum(b.tissue not in (CAPSULE, NODE) for b in mimics)
+    return Patient(seed, index, domain, blobs, summary, n_mimics, visits, domain_shift)
 
 
 def _blob(
@@ -257,32 +274,78 @@ def _point_in_zone(rng: Rng, gland: Blob, tz: Blob, zone: str) -> np.ndarray:
             return point
 
 
+NOMINAL = {name: np.array(values, float) for name, values in TISSUES.items()}
+CAPSULE_MM = 1.5
+CONSPICUITY = (0.35, 1.0)  # a patient's lesion conspicuity: 0 = its zone, 1 = nominal lesion
+
+
 def _sample_mimics(rng: Rng, gland: Blob, tz: Blob) -> list[Blob]:
-    """0-3 TZ stromal nodules and 0-2 PZ prostatitis bands."""
+    """1-5 TZ stromal nodules (each in a capsule) and 0-3 PZ prostatitis bands.
+
+    Each draws its own (T2w, ADC, S0) from ranges that overlap the lesions' on every channel.
+    """
     mimics = []
-    for _ in range(rng.choice(4, p=[0.3, 0.3, 0.25, 0.15])):
-        r = rng.uniform(2, 6) * rng.uniform(0.85, 1.15, 3)
+    for _ in range(1 + rng.choice(5, p=[0.2, 0.3, 0.25, 0.15, 0.1])):
+        r = rng.uniform(3, 8) * rng.uniform(0.9, 1.1, 3)
         point = _point_in_zone(rng, gland, tz, "TZ")
-        mimics.append(_blob(rng, point, r, _random_rotation(rng), NODULE, (TZ,), 0.06))
-    for _ in range(rng.choice(3, p=[0.5, 0.35, 0.15])):
+        rotation = _random_rotation(rng)
+        own = tuple(rng.uniform([0.25, 1050, 0.65], [0.45, 1300, 0.85]))
+        rim = _blob(rng, point, r + CAPSULE_MM, rotation, CAPSULE, (TZ,), 0.04)
+        mimics += [
+            rim,
+            dataclasses.replace(rim, radii=r, tissue=NODULE, hosts=(CAPSULE,), properties=own),
+        ]
+    for _ in range(rng.choice(4, p=[0.25, 0.35, 0.25, 0.15])):
         r = rng.uniform([8, 2, 6], [14, 4, 12])  # a flat band
         point = _point_in_zone(rng, gland, tz, "PZ")
-        mimics.append(_blob(rng, point, r, _random_rotation(rng), PROSTATITIS, (PZ,), 0.1))
+        own = tuple(rng.uniform([0.50, 900, 0.90], [0.75, 1250, 1.15]))
+        blob = _blob(rng, point, r, _random_rotation(rng), PROSTATITIS, (PZ,), 0.1)
+        mimics.append(dataclasses.replace(blob, properties=own))
     return mimics
 
 
+def _sample_lymph_nodes(rng: Rng, gland: Blob) -> list[Blob]:
+    """0-4 pelvic lymph nodes in the fat left and right of the gland, each with the values of
+    a conspicuous PZ lesion (conspicuity 0.6-1): to a threshold they are lesions."""
+    nodes = []
+    pz = NOMINAL["peripheral_zone"]
+    for _ in range(rng.choice(5, p=[0.15, 0.25, 0.3, 0.2, 0.1])):
+        radius = rng.uniform(4.0, 8.0)
+        side = rng.choice([-1.0, 1.0])
+        offset = (
+            side * (gland.radii[0] + radius + rng.uniform(2, 8)),
+            rng.uniform(-0.6, 0.6) * gland.radii[1],
+            rng.uniform(-0.6, 0.6) * gland.radii[2],
+        )
+        point = gland.centre + gland.rotation @ np.asarray(offset)
+        own = tuple(pz + rng.uniform(0.6, 1.0) * (NOMINAL["lesion"] - pz))
+        blob = _blob(
+            rng, point, radius * rng.uniform(0.8, 1.2, 3), _random_rotation(rng), NODE, (FAT,), 0.08
+        )
+        nodes.append(dataclasses.replace(blob, properties=own))
+    return nodes
+
+
 def _sample_lesions(rng: Rng, gland: Blob, tz: Blob) -> list[tuple[str, float, Blob]]:
-    """0-3 lesions (any in 2/3 of patients): (zone, diameter in mm, blob)."""
+    """0-3 lesions (any in 2/3 of patients): (zone, diameter in mm, blob).
+
+    A lesion's (T2w, ADC, S0) lies between its zone's and the nominal lesion's by its
+    conspicuity: the patient's (drawn from :data:`CONSPICUITY`) times a per-lesion factor.
+    """
     if rng.random() >= 2 / 3:
         return []
+    conspicuity = rng.uniform(*CONSPICUITY)
     lesions = []
     for _ in range(rng.choice([1, 2, 3], p=[0.55, 0.30, 0.15])):
         diameter = float(rng.uniform(3, 20))
         zone = "PZ" if rng.random() < 0.7 else "TZ"
         radii = diameter / 2 * rng.uniform(0.8, 1.2, 3)
         point = _point_in_zone(rng, gland, tz, zone)
+        c = float(np.clip(conspicuity * rng.uniform(0.85, 1.15), 0.15, 1.0))
+        host = NOMINAL["peripheral_zone" if zone == "PZ" else "transition_zone"]
+        own = tuple(host + c * (NOMINAL["lesion"] - host))
         blob = _blob(rng, point, radii, _random_rotation(rng), LESION, GLAND, 0.2)
-        lesions.append((zone, diameter, blob))
+        lesions.append((zone, diameter, dataclasses.replace(blob, properties=own)))
     return lesions
 
 

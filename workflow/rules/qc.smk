@@ -1,7 +1,9 @@
-# Stage 4: QC figures of the preprocessed cohort (overview and one PNG per case).
+# Stage 4: QC figures of the preprocessed cohort (overview and one PNG per case; for the
+# synthetic cohort also the phantom's lesion and mimic intensities, from its contrast table).
 rule qc:
     input:
-        EXP / "preprocessed",
+        preprocessed=EXP / "preprocessed",
+        cohort=[RAW] if SYNTHETIC else [],
     output:
         directory(EXP / "qc"),
     log:
@@ -15,4 +17,4 @@ rule qc:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m adseg qc {input} -o {output} > {log} 2>&1"
+        "python -m adseg qc {input.preprocessed} -o {output} > {log} 2>&1"
