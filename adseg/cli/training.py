@@ -21,6 +21,7 @@ from adseg.cli.common import (
     read_inputs,
 )
 from adseg.log import logger
+from adseg.training.schemes import SCHEMES
 
 EXAMPLES = {
     "train": "adseg train --config config/config.yaml --scheme hybrid --fold 0 "
@@ -36,7 +37,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "train", "Train one scheme on one cross-validation fold.", _train, EXAMPLES["train"]
     )
-    p.add_argument("--scheme", required=True, help="ce, dicece, adversarial or hybrid")
+    p.add_argument("--scheme", required=True, help=f"one of {', '.join(SCHEMES)}")
     p.add_argument("--fold", type=int, required=True, help="fold number in splits.json")
     p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed folder")
     p.add_argument("--splits", type=Path, required=True, help="splits.json")

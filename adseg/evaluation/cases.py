@@ -21,7 +21,12 @@ from adseg.evaluation.detection import detection_label, save_detection_inputs
 from adseg.evaluation.metrics import METRICS, case_metrics, gland_mask
 from adseg.geometry import Grid
 from adseg.inference.modelfolder import read_fold
-from adseg.inference.sliding import make_inferer, predict_probabilities, to_grid
+from adseg.inference.sliding import (
+    make_inferer,
+    predict_probabilities,
+    remove_small_components,
+    to_grid,
+)
 from adseg.io import atomic_dir, read_json
 from adseg.log import logger, progress
 from adseg.preprocessing.cohort import original_cases
@@ -77,6 +82,7 @@ def evaluate_fold(
             case_id = item["case_id"]
             props = read_json(preprocessed / "properties" / f"{case_id}.json")
             probs = predict_probabilities([net], item["image"], inferer, dims, axis, tta)
+            probs = remove_small_components(probs, spec)
             truth_img = read_label(originals[case_id].label)
             pred, prob = to_grid(probs, Grid.from_dict(props["final_grid"]), Grid.of(truth_img))
             truth = sitk.GetArrayFromImage(truth_img)

@@ -7,7 +7,8 @@ normalisation, channel order) and the label names. For each case:
 2. preprocess them exactly as the training cases
    (:func:`adseg.preprocessing.case.preprocess_images`);
 3. infer with every chosen fold (MONAI sliding-window / slice inference, Gaussian blending),
-   optionally with mirroring, and average the softmax maps;
+   optionally with mirroring, and average the softmax maps; drop lesions smaller than the
+   model's least size, if it has one (``model.json`` ``postprocess``, the threshold scheme);
 4. resample the class probabilities onto the grid of the case's reference channel file (linear,
    per class) and take the argmax;
 5. write the mask with that file's own NIfTI header (shape, affine, qform and sform codes), and
@@ -64,9 +65,11 @@ from adseg.inference.provenance import (
 )
 from adseg.inference.sliding import (
     discriminator_score,
+    ensemble_spec,
     make_inferer,
     one_hot,
     predict_probabilities,
+    remove_small_components,
     to_grid,
 )
 from adseg.io import atomic_path
@@ -228,6 +231,7 @@ def predict_case(
     dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     probs = predict_probabilities(nets, x, inferer, dims, axis, opts.tta, amp)
+    probs = remove_small_components(probs, ensemble_spec([m.spec for m in models]))
     reference = channels[plan.reference_channel]
     labels, prob_arr = to_grid(probs, Grid.from_dict(record["final_grid"]), Grid.of(reference))
     ref_file = case.channels[plan.reference_channel].path

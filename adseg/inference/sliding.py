@@ -6,6 +6,8 @@ Shared by validation during training, ``adseg evaluate`` and ``adseg predict``:
   stacked back) or ``SlidingWindowInferer`` (3-D), both with Gaussian blending of windows.
 - :func:`predict_probabilities`: softmax maps of one preprocessed case, averaged over models
   (fold ensemble) and optionally over mirrored inputs (test-time augmentation).
+- :func:`remove_small_components`: a model's ``postprocess`` (the threshold scheme's least
+  lesion size), applied to the probabilities before any mask is made.
 - :func:`to_grid`: probabilities on the preprocessed grid resampled (linear, per class) onto
   any grid in world space, then the argmax, as nnU-Net does, so a label is never
   interpolated.
@@ -13,6 +15,7 @@ Shared by validation during training, ``adseg evaluate`` and ``adseg predict``:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +27,7 @@ from torch import nn
 from adseg.geometry import Grid
 from adseg.preprocessing.case import resample_to
 from adseg.training.networks import discriminator_input
+from adseg.training.threshold import small_components
 
 
 def make_inferer(
@@ -67,7 +71,8 @@ def predict_probabilities(
     The mean over ``models`` and, with ``tta``, over all mirrorings of the in-plane axes
     (and the slice axis too for 3-D networks).
     """
-    device = next(models[0].parameters()).device
+    # a model's buffers too: a fitted rule (ThresholdRule) has no parameters
+    device = next(itertools.chain(models[0].parameters(), models[0].buffers())).device
     batch = image.unsqueeze(0).to(device)
     total, count = None, 0
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -80,6 +85,55 @@ def predict_probabilities(
                 total = probs if total is None else total + probs
                 count += 1
     return (total / count)[0].cpu()
+
+
+def remove_small_components(probs: torch.Tensor, spec: dict) -> torch.Tensor:
+    """Drop the lesion components smaller than the model's least size, before any mask.
+
+    ``spec``'s ``postprocess`` (``{"min_component_voxels": N, "label": name}``, written by
+    the threshold scheme) is part of the model: a component of the argmax's ``name`` class
+    (26-connectivity) smaller than N voxels of the preprocessed grid has its probability of
+    that class moved to background, so the mask and the continuous map both lose it. A spec
+    without ``postprocess`` (every network) returns ``probs`` unchanged.
+
+    Args:
+        probs: class probabilities ``(K, X, Y, Z)`` on the preprocessed grid.
+        spec: a model spec (``model.json``), or :func:`ensemble_spec`'s for several folds.
+    """
+    post = spec.get("postprocess") or {}
+    size = int(post.get("min_component_voxels", 0))
+    if size <= 1:
+        return probs
+    name = post.get("label", "lesion")
+    if name not in spec["labels"]:
+        raise ValueError(f"postprocess label {name!r} not among the labels {list(spec['labels'])}")
+    value = spec["labels"][name]
+    small = torch.from_numpy(small_components((probs.argmax(0) == value).numpy(), size))
+    if not small.any():
+        return probs
+    out = probs.clone()
+    out[0][small] += out[value][small]
+    out[value][small] = 0.0
+    return out
+
+
+def ensemble_spec(specs: Sequence[dict]) -> dict:
+    """The spec whose ``postprocess`` applies to the mean of several folds' probabilities:
+    the first fold's, with the median of the folds' least component sizes (0 for a fold
+    without one), as their probabilities are averaged.
+
+    Raises:
+        ValueError: folds that remove small components of different labels.
+    """
+    posts = [s.get("postprocess") or {} for s in specs]
+    if not any(posts):
+        return specs[0]
+    labels = {p.get("label", "lesion") for p in posts if p}
+    if len(labels) > 1:
+        raise ValueError(f"folds remove small components of different labels: {sorted(labels)}")
+    sizes = [int(p.get("min_component_voxels", 0)) for p in posts]
+    post = {"min_component_voxels": int(np.median(sizes)), "label": labels.pop()}
+    return {**specs[0], "postprocess": post}
 
 
 def probabilities_image(probs: torch.Tensor, grid: Grid) -> list[sitk.Image]:

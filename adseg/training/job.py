@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
+
 from adseg.data.splits import case_meta_from_dataset, fold_cases
 from adseg.io import read_json
 from adseg.preprocessing.case import Plan
 from adseg.training.loader import slice_axis
 from adseg.training.losses import check_loss
-from adseg.training.networks import DISCRIMINATOR_INPUTS, SEGMENTORS
+from adseg.training.networks import DISCRIMINATOR_INPUTS, REAL_MAPS, SEGMENTORS
 from adseg.training.schemes import ADVERSARIAL_SCHEMES, SCHEMES
 
 AXES = "xyz"
@@ -90,6 +93,10 @@ def _discriminator_problems(a: dict, patch: list[int]) -> list[str]:
             f"adversarial.d_input {a['d_input']!r} unknown; choose from "
             f"{', '.join(DISCRIMINATOR_INPUTS)}"
         )
+    if a["real_maps"] not in REAL_MAPS:
+        problems.append(
+            f"adversarial.real_maps {a['real_maps']!r} unknown; choose from {', '.join(REAL_MAPS)}"
+        )
     if a["loss"] == "wgan-gp" and a["d_norm"] == "batch":
         problems.append(
             "adversarial.d_norm batch with loss wgan-gp: the gradient penalty is per sample "
@@ -143,6 +150,28 @@ def _case_sizes(preprocessed: Path, case_ids: list[str]) -> dict[str, list[int]]
     return sizes
 
 
+def frequency_weights(label_files: list[str], classes: int) -> list[float]:
+    """Class weights for L_mce: inverse square roots of the classes' voxel frequencies over
+    ``label_files`` (a fold's training patients), scaled so the mean weight per voxel is 1.
+
+    The square root tempers plain inverse frequency (lesions are ~0.3 % of the voxels: a
+    weight of ~300 would make S paint lesion everywhere it is unsure).
+
+    Raises:
+        ValueError: a class absent from every file (its weight would be infinite).
+    """
+    counts = np.zeros(classes)
+    for path in label_files:
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        counts += np.bincount(labels.ravel().astype(np.int64), minlength=classes)[:classes]
+    if np.any(counts == 0):
+        missing = [k for k in range(classes) if counts[k] == 0]
+        raise ValueError(f"class weights: classes {missing} occur in no training label map")
+    freq = counts / counts.sum()
+    weights = freq**-0.5
+    return [float(w) for w in weights / np.sum(freq * weights)]
+
+
 def check_job(
     config: dict,
     scheme: str,
@@ -175,13 +204,20 @@ def check_job(
     entry = fold_cases(splits, fold, case_meta_from_dataset(dataset), "splits")
     if domains:
         entry = _of_domains(entry, dataset, domains, fold)
-    problems = _network_problems(config, scheme)
+    # a fitted rule uses no network of train.network's (pointwise, it fits any patch)
+    rule = SCHEMES[scheme].fitted == "rule"
+    problems = [] if rule else _network_problems(config, scheme)
     if not problems:
         sizes = _case_sizes(preprocessed, entry["train"] + entry["val"])
         problems += _data_problems(config, plan, sizes)
     if problems:
         raise ValueError("cannot train:\n  " + "\n  ".join(problems))
     spec = _spec(config, scheme, entry, plan) | {"name": name or scheme}
+    if rule:
+        spec["network"] |= {"name": "ThresholdRule", "features": []}
+    if SCHEMES[scheme].supervised == "wce":
+        labels = [preprocessed / "labelsTr" / f"{c}.nii.gz" for c in entry["train"]]
+        spec["class_weights"] = frequency_weights(labels, len(plan.labels))
     if domains:
         spec["domains"] = sorted(domains)
     return TrainJob(config, scheme, fold, preprocessed, out, plan, spec, name or scheme)
@@ -240,5 +276,6 @@ def _spec(config: dict, scheme: str, entry: dict, plan: Plan) -> dict:
             "norm": norm,
             "output": a["d_output"],
             "loss": a["loss"],
+            "real_maps": a["real_maps"],
         }
     return spec

@@ -3,7 +3,8 @@
 The discriminator follows Luc et al. 2016 (*Semantic segmentation using adversarial
 networks*) as used by Kohl et al. 2017: it scores a label map as expert-made (real, one-hot)
 or segmentor-made (fake, softmax). Its input is one of three variants, see
-:func:`discriminator_input`.
+:func:`discriminator_input`; the expert maps can be made as soft as S's own, see
+:func:`real_label_maps`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 from torch import nn
 
 from adseg.training.schemes import SPLITTABLE_NETWORKS
+from adseg.training.threshold import ThresholdRule
 
 DISCRIMINATOR_INPUTS = ("labels", "image+labels", "product")
+REAL_MAPS = ("onehot", "scaling", "smoothing")
 NORMS = ("batch", "instance", "none")
 
 
@@ -85,10 +88,12 @@ def build_segmentor(
         spatial_dims: 2 (slice-wise) or 3.
         features: channels per resolution level (BasicUNet: exactly 6).
     """
-    if name not in SEGMENTORS:
-        raise ValueError(f"network {name!r} unknown; choose from {', '.join(SEGMENTORS)}")
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if name == "ThresholdRule":  # the threshold scheme's model, never train.network's choice
+        return ThresholdRule(spatial_dims, in_channels, out_channels, features)
+    if name not in SEGMENTORS:
+        raise ValueError(f"network {name!r} unknown; choose from {', '.join(SEGMENTORS)}")
     return SEGMENTORS[name](spatial_dims, in_channels, out_channels, features)
 
 
@@ -113,6 +118,50 @@ def discriminator_input(mode: str, image: torch.Tensor, labels: torch.Tensor) ->
     raise ValueError(
         f"discriminator input {mode!r} unknown; choose from {', '.join(DISCRIMINATOR_INPUTS)}"
     )
+
+
+def real_label_maps(
+    mode: str, onehot: torch.Tensor, fake: torch.Tensor, tau: float = 0.9, epsilon: float = 0.1
+) -> torch.Tensor:
+    """The expert maps D is shown as real, made as soft as the segmentor's own maps.
+
+    Against one-hot expert maps and softmax fakes, D can win on softness (entropy) alone and
+    teach S no shape. Luc et al. 2016 (*Semantic segmentation using adversarial networks*,
+    §3.2, "scaling") give the real map the segmentor's softness: at each pixel ``i`` with true
+    class ``l`` and S's probabilities ``s``,
+
+    ``ȳ_il = max(τ, s_il)``,  ``ȳ_ic = s_ic · (1 − ȳ_il) / (1 − s_il)`` for ``c ≠ l``,
+
+    so real and fake maps differ only where S gives the true class less than ``τ``. Where
+    ``1 − s_il`` is ~0 the other classes share ``1 − ȳ_il`` (then ~0) equally.
+
+    Args:
+        mode: ``onehot`` (the expert map unchanged), ``scaling`` (Luc et al. 2016) or
+            ``smoothing`` (label smoothing, ``(1 − ε)·y + ε/K``).
+        onehot: expert maps, one-hot ``(B, K, *spatial)``.
+        fake: S's softmax for the same images, ``(B, K, *spatial)``; only read, never
+            differentiated through.
+        tau: Luc et al.'s τ (0.9 in the paper), ``0 < τ < 1``.
+        epsilon: ε of label smoothing, ``0 ≤ ε < 1``.
+
+    Returns:
+        ``(B, K, *spatial)`` maps summing to 1 over classes, detached from S's graph.
+    """
+    if mode not in REAL_MAPS:
+        raise ValueError(f"real maps {mode!r} unknown; choose from {', '.join(REAL_MAPS)}")
+    y = onehot.detach().to(fake.dtype)
+    if mode == "onehot":
+        return y
+    if mode == "smoothing":
+        return (1 - epsilon) * y + epsilon / y.shape[1]
+    s = fake.detach()
+    true = torch.clamp((s * y).sum(dim=1, keepdim=True), min=tau)
+    others = s * (1 - y)
+    # their sum is 1 − s_il, taken from the classes themselves so the result sums to 1
+    rest = others.sum(dim=1, keepdim=True)
+    uniform = (1 - y) / max(y.shape[1] - 1, 1)
+    share = torch.where(rest > 1e-6, others / rest.clamp(min=1e-6), uniform)
+    return y * true + share * (1 - true)
 
 
 def discriminator_channels(mode: str, image_channels: int, classes: int) -> int:

@@ -3,7 +3,8 @@
 The schemes' updates are :class:`adseg.training.segmentor.SegmentorTrainer`; the epoch loop,
 seeding, checkpoints and resume are :mod:`adseg.training.engine`'s. A non-finite loss or a
 collapsed discriminator stops training with :class:`~adseg.training.engine.TrainingError`; the
-last checkpoint on disk is then the last good one.
+last checkpoint on disk is then the last good one. A rule scheme (``threshold``) is fitted
+in one pass instead (:func:`fit_rule_fold`) into the same kind of model folder.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from adseg import __version__
 from adseg.config import without_result_neutral
 from adseg.inference.modelfolder import FORMAT, FORMAT_VERSION
 from adseg.inference.sliding import discriminator_score, make_inferer, one_hot
-from adseg.io import read_json, write_json, write_text
+from adseg.io import read_json, write_json, write_text, write_tsv
 from adseg.log import logger
 from adseg.training import engine
 from adseg.training.job import TrainJob, check_job
 from adseg.training.loader import case_items, training_loader, validation_dataset
+from adseg.training.schemes import SCHEMES
 from adseg.training.segmentor import LOG_COLUMNS, SegmentorTrainer
+from adseg.training.threshold import LOG_COLUMNS as RULE_LOG_COLUMNS
+from adseg.training.threshold import RuleFit, fit_threshold_rule
 
 
 def fingerprint(job: TrainJob) -> str:
@@ -64,6 +68,7 @@ def train_fold(
         resume: ``no`` starts afresh; ``yes`` continues from ``out/checkpoint_last.pt`` and
             fails if there is none or it is from another config; ``auto`` resumes when a
             matching checkpoint exists and starts afresh otherwise (what the workflow uses).
+            A fitted rule (the threshold scheme) takes seconds and is always fitted afresh.
         tracker: an :class:`adseg.tracking.FoldRun` to log the run to MLflow, or None.
         domains: train and validate on the fold's cases of these scanner domains only (ADDA's
             source-only model and target oracle); None takes every case.
@@ -79,6 +84,8 @@ def train_fold(
     job = check_job(
         config, scheme, fold, Path(preprocessed), read_json(splits), Path(out), domains, name
     )
+    if SCHEMES[scheme].fitted == "rule":
+        return fit_rule_fold(job, Path(splits), tracker)
     t, spec = config["train"], job.spec
     # computed once: it hashes every preprocessed file of the fold
     key = fingerprint(job)
@@ -198,3 +205,77 @@ def _finish(job: TrainJob, trainer: SegmentorTrainer, history: list[dict]) -> di
     # model.json last: its presence marks a complete folder
     write_json(job.out / "model.json", spec)
     return spec
+
+
+def fit_rule_fold(job: TrainJob, splits: Path, tracker=None) -> dict:
+    """The threshold scheme's fold: fit the rule on the fold's training and validation cases
+    (:func:`adseg.training.threshold.fit_threshold_rule`) and write the model folder a
+    network's would be (config, plans, checkpoints, ``training_log.tsv``, ``model.json``
+    last), so ``adseg evaluate`` and ``adseg predict`` use it unchanged.
+
+    Raises:
+        ValueError: the cohort has no lesion label, or the training cases no lesion voxel.
+    """
+    from adseg.evaluation.detection import detection_label
+
+    spec = job.spec
+    lesion = detection_label(spec["labels"])
+    if lesion is None:
+        raise ValueError(f"the threshold scheme finds lesions; no lesion in {list(spec['labels'])}")
+    _write_static(job, fresh=True)
+    if tracker is not None:
+        tracker.start(job, None, "cpu", splits)
+    with engine.tracked(tracker):
+        fit = fit_threshold_rule(
+            job.preprocessed,
+            spec["train_cases"],
+            spec["val_cases"],
+            spec["labels"],
+            lesion,
+            job.config["train"]["seed"],
+        )
+        logger.info(
+            "%s fold %d: rule fitted in %.1f s; least lesion %d voxels; val Dice %.3f",
+            job.name,
+            job.fold,
+            fit.seconds,
+            fit.min_component_voxels,
+            fit.val_dice,
+        )
+        weights = {"segmentor": fit.rule.state_dict()}
+        for name in ("checkpoint_best.pt", "checkpoint_final.pt"):
+            engine.save_checkpoint(weights, job.out / name)
+        spec = _rule_records(job, fit, lesion)
+        if tracker is not None:
+            tracker.metrics({"train/dice_pooled": fit.train_dice}, step=0)
+            for size, value in fit.val_dice_pooled.items():
+                tracker.metrics({"val/dice_pooled": value}, step=size)  # step: least size
+            tracker.artifact(job.out / "threshold_fit.tsv", "training")
+        # model.json last: its presence marks a complete folder
+        write_json(job.out / "model.json", spec)
+    if tracker is not None:
+        tracker.finish(spec)
+    return spec
+
+
+def _rule_records(job: TrainJob, fit: RuleFit, lesion: str) -> dict:
+    """Write the fit's record (``threshold_fit.tsv``: the rule per channel;
+    ``training_log.tsv``: the search's moves and the least sizes tried); return the spec."""
+    names = job.spec["channel_names"]
+    rule = fit.summary(names)
+    columns = ("channel", "direction", "threshold", "active")
+    write_tsv(job.out / "threshold_fit.tsv", rule["channels"], columns)
+    trace = [r | {"channel": names[r["channel"]]} if "channel" in r else r for r in fit.trace]
+    write_tsv(job.out / engine.LOG, trace, RULE_LOG_COLUMNS)
+    return {
+        **job.spec,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "adseg_version": __version__,
+        "epochs_trained": 0,
+        "best_epoch": 0,
+        "best_val_dice": fit.val_dice,
+        "final_val_dice": fit.val_dice,
+        "rule": rule,
+        "postprocess": {"min_component_voxels": fit.min_component_voxels, "label": lesion},
+    }

@@ -2,11 +2,15 @@
 
 What S minimises comes from the scheme's entry in :data:`adseg.training.schemes.SCHEMES`:
 
-- a supervised scheme (``ce``, ``dicece``): the multi-class cross-entropy L_mce (optional
-  class weights), or MONAI's Dice + CE;
+- a supervised scheme (``ce``, ``wce``, ``dicece``): the multi-class cross-entropy L_mce
+  (optional class weights), L_mce weighted by the training patients' label frequencies
+  (:func:`adseg.training.job.frequency_weights`), or MONAI's Dice + CE;
 - ``adversarial``: only L_S, the adversarial loss of fooling the discriminator D of label maps;
-  D minimises L_D (expert one-hot maps real, S's softmax fake);
-- ``hybrid``: λ·L_mce + L_S (λ = ``adversarial.hybrid_weight``, ½ as in Kohl et al. 2017).
+  D minimises L_D (expert maps real, made as soft as S's by ``adversarial.real_maps``; S's
+  softmax fake);
+- ``hybrid``: λ·L_mce + L_S (λ = ``adversarial.hybrid_weight``, ½ as in Kohl et al. 2017);
+- ``hybrid-frozen``: hybrid against a D that keeps its random initial weights (its losses are
+  logged, never stepped): the control that shows whether hybrid's effect needs a D that learns.
 
 :class:`SegmentorTrainer` is the segmentation study of :mod:`adseg.training.engine`.
 """
@@ -32,8 +36,8 @@ from adseg.training.engine import (
     non_finite,
 )
 from adseg.training.job import TrainJob
-from adseg.training.losses import CRITIC_LOSSES, loss_floor
-from adseg.training.networks import build_segmentor, discriminator_input
+from adseg.training.losses import CRITIC_LOSSES, discriminator_loss, loss_floor
+from adseg.training.networks import build_segmentor, discriminator_input, real_label_maps
 from adseg.training.schemes import SCHEMES
 from adseg.training.steps import discriminator_step, generator_step, grad_norm
 
@@ -105,6 +109,8 @@ class SegmentorTrainer:
             self.segmentor.parameters(), lr=t["lr"], weight_decay=t["weight_decay"]
         )
         weights = t["class_weights"]
+        if self.scheme.supervised == "wce":
+            weights = job.spec["class_weights"]
         self.ce_weight = torch.tensor(weights, device=device) if weights else None
         self.dicece = DiceCELoss(to_onehot_y=True, softmax=True, weight=self.ce_weight)
         self.adversarial = job.spec.get("discriminator") is not None
@@ -122,6 +128,7 @@ class SegmentorTrainer:
         """The scheme's supervised loss of logits ``(B, K, ...)``, labels ``(B, 1, ...)``."""
         if self.scheme.supervised == "dicece":
             return self.dicece(logits.float(), label)
+        # ce, wce (self.ce_weight holds the frequency weights)
         return F.cross_entropy(logits.float(), label[:, 0].long(), weight=self.ce_weight)
 
     def supervised_step(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
@@ -142,9 +149,15 @@ class SegmentorTrainer:
             logits = self.segmentor(image)
         fake = torch.softmax(logits.float(), dim=1)
         real = F.one_hot(label[:, 0].long(), self.classes).movedim(-1, 1).float()
+        # as soft as S's own maps (Luc et al.'s scaling by default), so D cannot win on softness
+        real = real_label_maps(
+            a["real_maps"], real, fake.detach(), a["real_tau"], a["real_epsilon"]
+        )
         d_real = discriminator_input(a["d_input"], image, real)
         d_fake = discriminator_input(a["d_input"], image, fake)
-        for _ in range(a["d_steps"]):
+        if self.scheme.frozen_discriminator:
+            d_stats = self.frozen_scores(d_real, d_fake)
+        for _ in range(0 if self.scheme.frozen_discriminator else a["d_steps"]):
             d_stats = discriminator_step(
                 self.disc,
                 self.opt_d,
@@ -172,6 +185,20 @@ class SegmentorTrainer:
             "loss_adv": g_stats["loss_adv"],
             "grad_norm_s": g_stats["grad_norm_g"],
             **d_stats,
+        }
+
+    @torch.no_grad()
+    def frozen_scores(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """D's loss and mean scores on a batch, without updating it (``hybrid-frozen``)."""
+        a = self.job.config["adversarial"]
+        with self.autocast():
+            real_scores, fake_scores = self.disc(real).float(), self.disc(fake).float()
+        loss_d = discriminator_loss(a["loss"], real_scores, fake_scores, a["real_label"])
+        return {
+            "loss_d": float(loss_d),
+            "d_real": float(real_scores.mean()),
+            "d_fake": float(fake_scores.mean()),
+            "grad_norm_d": 0.0,
         }
 
     def run_epoch(self, loader, epoch: int, warmup: bool) -> dict[str, float]:
@@ -227,7 +254,7 @@ class SegmentorTrainer:
     def check(self, history: list[dict]) -> None:
         """Stop a run whose D has collapsed; otherwise keep the best weights so far."""
         a, row = self.job.config["adversarial"], history[-1]
-        if self.collapsed(history):
+        if not self.scheme.frozen_discriminator and self.collapsed(history):
             last = self.job.out / "checkpoint_last.pt"
             kept = (
                 f"checkpoint before this epoch: {last}" if last.is_file() else "no checkpoint kept"

@@ -7,7 +7,7 @@ import pytest
 
 from adseg.config import schema
 from adseg.training.losses import ADVERSARIAL_LOSSES, D_LOSSES, G_LOSSES, GAN_LOSSES
-from adseg.training.networks import DISCRIMINATOR_INPUTS, SEGMENTORS
+from adseg.training.networks import DISCRIMINATOR_INPUTS, REAL_MAPS, SEGMENTORS
 from adseg.training.schemes import ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
 
 
@@ -24,6 +24,7 @@ def _enum(*path: str) -> list:
         (("schemes",), list(SCHEMES)),
         (("adversarial", "loss"), list(ADVERSARIAL_LOSSES)),
         (("adversarial", "d_input"), list(DISCRIMINATOR_INPUTS)),
+        (("adversarial", "real_maps"), list(REAL_MAPS)),
         (("adda", "loss"), list(ADVERSARIAL_LOSSES)),
         (("adda", "variants"), list(ADDA_VARIANTS)),
         (("train", "network", "name"), list(SEGMENTORS)),
@@ -45,9 +46,10 @@ def test_adda_source_schemes_are_registered_schemes_with_a_supervised_loss():
 def test_every_scheme_has_a_label_and_a_consistent_update():
     for name, scheme in SCHEMES.items():
         assert scheme.label and scheme.loss, name
-        assert scheme.supervised in ("ce", "dicece"), name
+        assert scheme.supervised in ("ce", "wce", "dicece"), name
         assert not scheme.hybrid or scheme.adversarial, name
-    assert ADVERSARIAL_SCHEMES == ("adversarial", "hybrid")
+        assert not scheme.frozen_discriminator or scheme.adversarial, name
+    assert ADVERSARIAL_SCHEMES == ("adversarial", "hybrid", "hybrid-frozen")
 
 
 def test_every_adversarial_loss_has_both_updates():

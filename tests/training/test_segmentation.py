@@ -91,6 +91,42 @@ def test_segmentor_step_does_not_move_the_discriminator(tiny_experiment):
     assert not _changed(d_before, trainer.disc)
 
 
+def test_frozen_control_trains_the_segmentor_against_a_discriminator_that_never_moves(
+    tiny_experiment,
+):
+    torch.manual_seed(0)
+    trainer = Trainer(_job(tiny_experiment, "hybrid-frozen"), torch.device("cpu"))
+    s_before, d_before = _params(trainer.segmentor), _params(trainer.disc)
+    for seed in range(3):
+        stats = trainer.adversarial_step(*_batch(trainer.job, seed))
+    assert _changed(s_before, trainer.segmentor)
+    assert not _changed(d_before, trainer.disc)
+    # the same game as hybrid: λ·L_mce + L_S, D's loss and scores logged
+    assert stats["loss_s"] == pytest.approx(stats["loss_adv"] + 0.5 * stats["loss_ce"], rel=1e-5)
+    assert stats["grad_norm_d"] == 0 and stats["loss_d"] > 0
+
+
+def test_class_weighted_ce_weights_come_from_the_training_labels_only(tiny_experiment):
+    job = _job(tiny_experiment, "wce")
+    weights = job.spec["class_weights"]
+    counts = torch.zeros(2, dtype=torch.float64)
+    for case in job.spec["train_cases"]:
+        path = tiny_experiment["preprocessed"] / "labelsTr" / f"{case}.nii.gz"
+        labels = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).long()
+        counts += torch.bincount(labels.ravel(), minlength=2)[:2]
+    freq = counts / counts.sum()
+    # inverse square root of the frequency, mean weight per voxel 1
+    assert weights[1] / weights[0] == pytest.approx(float((freq[0] / freq[1]) ** 0.5), rel=1e-6)
+    assert float((freq * torch.tensor(weights, dtype=torch.float64)).sum()) == pytest.approx(1.0)
+    trainer = Trainer(job, torch.device("cpu"))
+    logits = torch.randn(2, 2, 8, 8)
+    label = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    expected = torch.nn.functional.cross_entropy(
+        logits, label[:, 0].long(), weight=torch.tensor(weights)
+    )
+    assert float(trainer.ce(logits, label)) == pytest.approx(float(expected), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
@@ -103,6 +139,7 @@ def test_segmentor_step_does_not_move_the_discriminator(tiny_experiment):
             "batch norm couples samples",
         ),
         ({"adversarial": {"d_features": [8, 8, 8, 8, 8, 8]}}, "need patches of at least 64"),
+        ({"adversarial": {"real_maps": "soft"}}, "real_maps 'soft' unknown; choose from onehot"),
         ({"train": {"network": {"name": "BasicUNet", "features": [8, 16]}}}, "6 sizes"),
         ({"train": {"network": {"name": "DynUNet", "features": [8, 16]}}}, "at least 3 levels"),
     ],
