@@ -1,4 +1,5 @@
-"""Figures: the atomic PNG writer all figures use, learning curves, box plots and overlays.
+"""Figures: the atomic PNG writer all figures use, learning curves (of one run, and of many
+runs side by side, coloured by scheme), box plots and overlays.
 
 One colour convention in every figure (the QC figures too): the expert's contours are
 :data:`EXPERT_COLOUR` (green), the prediction's :data:`PREDICTION_COLOUR` (red), each named
@@ -85,7 +86,11 @@ RAW_SCORES = {
     "wgan": "mean critic score (unbounded)",
     "wgan-gp": "mean critic score (unbounded)",
 }
-SUPERVISED = {"ce": "cross-entropy", "dicece": "Dice + cross-entropy"}
+SUPERVISED = {
+    "ce": "cross-entropy",
+    "wce": "class-weighted cross-entropy",
+    "dicece": "Dice + cross-entropy",
+}
 LINESTYLES = ("-", "--", "-.", ":")
 
 
@@ -205,6 +210,62 @@ def learning_curves(
 def adda_curves(history: list[dict], path: Path, title: str, d_loss: str | None = None) -> None:
     """ADDA's learning curves (:func:`adda_panels`)."""
     panel_curves(history, path, title, adda_panels(d_loss))
+
+
+def _runs_panel(ax: plt.Axes, runs: list[dict], key: str, title: str, ylabel: str) -> bool:
+    """Every run's ``key`` per epoch on ``ax``, one colour and one key entry per scheme (the
+    colour of its place in :data:`SCHEMES`, the same in every such figure); False if no run
+    logged it."""
+    counts = {s: sum(r["scheme"] == s for r in runs) for s in SCHEMES}
+    named: set[str] = set()
+    for run in runs:
+        x, y = _series(run["history"], key)
+        if not x:
+            continue
+        s = run["scheme"]
+        n = counts[s]
+        label = "_nolegend_" if s in named else f"{s} ({n} run{'s' * (n > 1)})"
+        named.add(s)
+        colour = f"C{list(SCHEMES).index(s) % 10}"
+        marker = "o" if key.startswith("val") or len(x) == 1 else None
+        ax.plot(x, y, color=colour, lw=1.0, alpha=0.8, marker=marker, ms=3, label=label)
+    ax.set_title(title, fontsize=10)
+    if named:
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    return bool(named)
+
+
+def training_curves_figure(
+    runs: list[dict], title: str, references: list[tuple[float, str]] = ()
+) -> plt.Figure:
+    """Many runs side by side: left, each run's inner-validation Dice per epoch; right, D's
+    loss per epoch of the runs with a discriminator, with ``references`` (``(value, label)``,
+    e.g. D's loss at chance) as dashed grey lines.
+
+    Args:
+        runs: one dict per run: ``scheme`` (a key of :data:`SCHEMES`), ``history`` (its log's
+            rows: ``epoch``, ``val_dice``, ``loss_d``; None where not logged) and ``d``
+            (it trained a discriminator).
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.2, 4.4), layout="constrained")
+    dice_title = "inner-validation Dice (mean over classes)"
+    if _runs_panel(left, runs, "val_dice", dice_title, "Dice"):
+        left.set_ylim(0, 1)
+    d_runs = [r for r in runs if r["d"]]
+    if _runs_panel(right, d_runs, "loss_d", "discriminator's loss L_D", "L_D (epoch mean)"):
+        for value, label in references:
+            right.axhline(value, color="0.5", linestyle="--", linewidth=0.8, label=label)
+    for ax, empty in ((left, "not logged"), (right, "no discriminator")):
+        if not ax.get_lines():
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+            ax.set(xticks=[], yticks=[])
+            continue
+        ax.legend(
+            fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False
+        )
+    fig.suptitle(title)
+    return fig
 
 
 # --- box plots ----------------------------------------------------------------------------

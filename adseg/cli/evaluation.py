@@ -90,7 +90,7 @@ def _summarize(args) -> None:
     from adseg.evaluation.summary import summarize
 
     config = load_config_for_command(args.config, settings=args.set)
-    writes = ("summary.md", "summary.tsv", "tests.tsv")
+    writes = ("summary.md", "summary.tsv", "tests.tsv", "training.tsv")
     with check_study(args.out, "summarize", args.metrics, writes, args):
         ev = config["evaluate"]
         path = summarize(
@@ -104,7 +104,7 @@ def _summarize(args) -> None:
     print(path.read_text())
     logger.info("summary: %s", path)
     if tracking.enabled(config):
-        tracking.log_summary(args.out, args.metrics, config)
+        tracking.log_summary(args.out, args.metrics, config, files=writes)
 
 
 def _add_adda_summary(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from adseg.evaluation.convergence import LAST
 from adseg.evaluation.endpoints import COHORT_DRAWS, COHORT_METRICS
 from adseg.evaluation.statistics import CI_LEVEL, DERIVED, KOHL_METRICS
 from adseg.training.schemes import SCHEMES
@@ -68,9 +69,21 @@ def cell(row: dict, digits: int = 2) -> str:
 
 
 def markdown(
-    stats, tests, labels, schemes, folds, seeds, title, hybrid_weight, primary, main, draws
+    stats,
+    tests,
+    labels,
+    schemes,
+    folds,
+    seeds,
+    title,
+    hybrid_weight,
+    primary,
+    main,
+    draws,
+    training: list[dict] | None = None,
 ) -> str:
-    """The whole summary.md."""
+    """The whole summary.md; ``training``: the rows of
+    :func:`adseg.evaluation.convergence.by_scheme` (none: the section is left out)."""
     get = {(s["label"], s["scheme"], s["metric"], str(s["fold"])): s for s in stats}
     level = f"{CI_LEVEL:.0%}"
     seed_text = (
@@ -90,6 +103,8 @@ def markdown(
         "adseg/evaluation/metrics.py."
     )
     lines += _primary(get, tests, schemes, seeds, primary, main, level)
+    if training:
+        lines += _training(training)
     if any(s["metric"] in COHORT_METRICS for s in stats):
         lines += ["", "## Lesion detection, PI-CAI protocol (picai_eval; secondary)", ""]
         lines += _table(get, main, schemes, COHORT_TABLE, lambda r: f"{_f(r['mean'])} {ci(r)}")
@@ -158,6 +173,48 @@ def _primary(get, tests, schemes, seeds, primary, main, level) -> list[str]:
             f"{ci(t, 3)} | {_p(t['p'])} | {_p(t['p_holm'])} |"
         )
     return lines
+
+
+def _training(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "## Training: convergence and the discriminator",
+        "",
+        "From each model's training_log.tsv (per run: training.tsv; every curve: "
+        "plots/training_curves.png); means over folds and seeds. Inner-validation Dice at the "
+        "last validation epoch and the one before: a plateau shows as a small change. D's "
+        f"loss L_D over the last {LAST} epochs it logged [min–max over runs] beside L_D at "
+        "chance, that of a D scoring real and fake alike (cross-entropy losses: ln 2 a term "
+        "at σ = 0.5 whatever the real_label smoothing; – where none is stated), and "
+        "σ(D(real)) − σ(D(fake)) over those epochs (σ of the epoch-mean logits; – where the "
+        "scores are no logits). Below chance with a positive gap, D tells S's maps from the "
+        "expert's; at chance with a gap near 0 it does not (S fools it, or it never learned).",
+        "",
+        "| training scheme | runs | epochs | val Dice, last (epoch) | before (epoch) | "
+        f"change | L_D, last {LAST} [min–max] | L_D at chance | σ(D(real)) − σ(D(fake)) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [
+            SCHEMES[r["scheme"]].label,
+            str(r["runs"]),
+            r["epochs"],
+            f"{_f(r['last_val_dice'], 3)} ({r['last_val_epoch']})",
+            f"{_f(r['previous_val_dice'], 3)} ({r['previous_val_epoch']})",
+            _signed(r["val_change"]),
+        ]
+        if r["adversarial"]:
+            d = f"{_f(r['d_loss'], 3)} [{_f(r['d_loss_min'], 3)}–{_f(r['d_loss_max'], 3)}]"
+            chance = "–" if r["chance"] is None else f"{r['chance'][0]:.3f} ({r['chance'][1]})"
+            cells += [d, chance, _signed(r["d_gap"])]
+        else:
+            cells += ["no D", "–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _signed(x) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:+.3f}"
 
 
 def _table(get, label, schemes, columns, fmt) -> list[str]:

@@ -16,10 +16,16 @@ inputs evaluation wrote beside them:
   median, n (patients with a defined value) and the mean of each fold;
 - every other comparison is secondary: paired Wilcoxon tests (n = the pairs the test used)
   and bootstrap tests of the cohort metrics, Holm-corrected as one family;
+- whether training converged and D learned, from the training logs beside the metrics
+  (:mod:`adseg.evaluation.convergence`; left out where there are none): per scheme, the
+  inner-validation Dice of the last two validation epochs, and D's loss beside its chance level
+  and σ(D(real)) − σ(D(fake)) over the last epochs;
 - a box plot per metric.
 
-Written as ``summary.md`` (for people), ``summary.tsv`` and ``tests.tsv`` (for programs), and
-``plots/<label>_<metric>.png``. How intervals are drawn: :mod:`adseg.evaluation.endpoints`.
+Written as ``summary.md`` (for people), ``summary.tsv``, ``tests.tsv`` and ``training.tsv``
+(one row per trained run: epochs, last two validation Dice, D's loss and score gap; for
+programs), ``plots/<label>_<metric>.png`` and ``plots/training_curves.png``. How intervals are
+drawn: :mod:`adseg.evaluation.endpoints`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import itertools
 import math
 from pathlib import Path
 
+from adseg.evaluation.convergence import write_training
 from adseg.evaluation.endpoints import (
     COHORT_DRAWS,
     COHORT_METRICS,
@@ -93,7 +100,8 @@ def summarize(
     primary: str = "lesion_ap",
     draws: int = BOOTSTRAP_DRAWS,
 ) -> Path:
-    """Write summary.md, summary.tsv, tests.tsv and box plots into ``out``; return summary.md.
+    """Write summary.md, summary.tsv, tests.tsv, training.tsv and the plots into ``out``;
+    return summary.md. The training logs are read from each metrics file's folder.
 
     ``primary``: the declared primary endpoint, a per-patient metric (:data:`DERIVED`) or a
     cohort one (:data:`adseg.evaluation.endpoints.COHORT_METRICS`, which needs the detection
@@ -168,9 +176,21 @@ def summarize(
     tests = primary_tests + with_holm(secondary, "secondary")
     write_tsv(out / "summary.tsv", stats, STAT_COLUMNS)
     write_tsv(out / "tests.tsv", tests, TEST_COLUMNS)
+    training = write_training(metric_files, out)
     path = out / "summary.md"
     text = markdown(
-        stats, tests, labels, schemes, folds, seeds, title, hybrid_weight, primary, main, draws
+        stats,
+        tests,
+        labels,
+        schemes,
+        folds,
+        seeds,
+        title,
+        hybrid_weight,
+        primary,
+        main,
+        draws,
+        training,
     )
     write_text(path, text)
     return path

@@ -234,3 +234,178 @@ def test_training_seeds_are_averaged_per_patient_and_their_spread_reported(tmp_p
     # the interval resamples seeds within patients: it spans the two seeds' values
     assert float(dice["ci_low"]) < 0.45 < float(dice["ci_high"])
     assert float(get[("ce", "lesion_fp", "all")]["mean"]) == 2  # averaged, not summed
+
+
+# --- training: convergence and the discriminator ------------------------------------------
+
+LOG_COLUMNS = (
+    "epoch",
+    "phase",
+    "loss_s",
+    "loss_ce",
+    "loss_adv",
+    "loss_d",
+    "d_real",
+    "d_fake",
+    "grad_norm_s",
+    "grad_norm_d",
+    "lr_s",
+    "val_dice",
+    "seconds",
+)
+# per fold: validation Dice on epochs 2, 4, 6, 8; D's loss on epochs 3-8 (1-2: warm-up, no D)
+VAL = {
+    "ce": ([0.3, 0.5, 0.7, 0.72], [0.2, 0.4, 0.6, 0.64]),
+    "adversarial": ([0.5, 0.6, 0.65, 0.66], [0.4, 0.5, 0.58, 0.6]),
+}
+LOSS_D = ([1.0, 1.1, 1.2, 1.3, 1.2, 1.1], [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+LOGITS = ((1.0, -1.0), (0.0, 0.0))  # D's mean (real, fake) logits, every epoch, per fold
+
+
+def _log(scheme: str, fold: int) -> list[dict]:
+    rows = []
+    for e in range(1, 9):
+        row = {"epoch": e, "phase": "supervised", "loss_s": 1.0 / e, "val_dice": None}
+        if e % 2 == 0:
+            row["val_dice"] = VAL[scheme][fold][e // 2 - 1]
+        if scheme == "adversarial" and e > 2:
+            real, fake = LOGITS[fold]
+            row |= {"phase": "adversarial", "loss_d": LOSS_D[fold][e - 3]}
+            row |= {"d_real": real, "d_fake": fake}
+        rows.append(row)
+    return rows
+
+
+def _model_folders(tmp_path) -> list:
+    """<exp>/<scheme>/fold_k/ with metrics.tsv, model.json and training_log.tsv: ce and
+    adversarial (nonsaturating D) on 2 folds, and the threshold rule with its fit's log."""
+    from adseg.io import write_json
+    from adseg.training.threshold import LOG_COLUMNS as RULE_COLUMNS
+
+    paths = []
+    for scheme in ("ce", "adversarial", "threshold"):
+        for fold in (0, 1):
+            folder = tmp_path / "exp" / scheme / f"fold_{fold}"
+            rows = [_row(scheme, fold, f"c{fold}{i}", f"P{fold}{i}", 0.5, 0.5) for i in range(4)]
+            write_tsv(folder / "metrics.tsv", rows, METRIC_COLUMNS)
+            d = {"loss": "nonsaturating", "input": "maps"} if scheme == "adversarial" else None
+            name = "ThresholdRule" if scheme == "threshold" else "UNet"
+            spec = {"scheme": scheme, "fold": fold, "seed": 0, "network": {"name": name}}
+            write_json(folder / "model.json", spec | {"discriminator": d})
+            if scheme == "threshold":
+                step = dict.fromkeys(RULE_COLUMNS, 1)
+                write_tsv(folder / "training_log.tsv", [step], RULE_COLUMNS)
+            else:
+                write_tsv(folder / "training_log.tsv", _log(scheme, fold), LOG_COLUMNS)
+            paths.append(folder / "metrics.tsv")
+    return paths
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_the_summary_shows_whether_training_converged_and_d_learned(tmp_path):
+    paths = _model_folders(tmp_path)
+    exp = tmp_path / "exp"
+    text = summarize(paths, exp, "test", 0.5, "dice", 200).read_text()
+    # by hand: the mean over the two folds of the last (epoch 8) and previous (6) val Dice
+    ce_last, ce_prev = (0.72 + 0.64) / 2, (0.7 + 0.6) / 2
+    adv_last, adv_prev = (0.66 + 0.6) / 2, (0.65 + 0.58) / 2
+    # D's loss over epochs 4-8, per fold, then the mean over folds
+    d0, d1 = (1.1 + 1.2 + 1.3 + 1.2 + 1.1) / 5, (0.6 + 0.7 + 0.8 + 0.9 + 1.0) / 5
+    gap = ((_sigmoid(1.0) - _sigmoid(-1.0)) + 0.0) / 2
+    assert (d0, d1) == (pytest.approx(1.18), pytest.approx(0.8))
+    section = text[text.index("## Training: convergence and the discriminator") :]
+    section = section[: section.index("\n## ")]
+    assert text.index("## Primary endpoint") < text.index("## Training") < text.index("## lesion")
+    assert (
+        f"| cross-entropy | 2 | 8 | {ce_last:.3f} (8) | {ce_prev:.3f} (6) | "
+        f"+{ce_last - ce_prev:.3f} | no D | – | – |" in section
+    )
+    assert (
+        f"| adversarial | 2 | 8 | {adv_last:.3f} (8) | {adv_prev:.3f} (6) | "
+        f"+{adv_last - adv_prev:.3f} | {(d0 + d1) / 2:.3f} [{d1:.3f}–{d0:.3f}] | "
+        f"1.386 (2 ln 2) | +{gap:.3f} |" in section
+    )
+    assert "threshold" not in section
+    rows = read_tsv(exp / "training.tsv")
+    assert [(r["scheme"], r["fold"]) for r in rows] == [
+        ("ce", "0"),
+        ("ce", "1"),
+        ("adversarial", "0"),
+        ("adversarial", "1"),
+    ]
+    adv0 = rows[2]
+    assert (adv0["epochs"], adv0["last_val_epoch"], adv0["previous_val_epoch"]) == ("8", "8", "6")
+    assert float(adv0["last_val_dice"]) == 0.66 and float(adv0["previous_val_dice"]) == 0.65
+    assert float(adv0["d_loss_last5"]) == pytest.approx(d0)
+    assert float(adv0["d_gap_last5"]) == pytest.approx(_sigmoid(1.0) - _sigmoid(-1.0), abs=1e-5)
+    assert rows[0]["d_loss_last5"] == rows[0]["d_gap_last5"] == ""  # no D
+    assert (exp / "plots" / "training_curves.png").stat().st_size > 5000
+
+
+def test_the_training_figure_colours_runs_by_scheme_and_draws_ds_chance(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from adseg.evaluation.convergence import read_run, training_figure
+    from adseg.plots import plt
+
+    folders = [p.parent for p in _model_folders(tmp_path)]
+    runs = [r for r in map(read_run, folders) if r is not None]
+    assert [(r.scheme, r.fold) for r in runs] == [
+        ("ce", 0),
+        ("ce", 1),
+        ("adversarial", 0),
+        ("adversarial", 1),
+    ]
+    fig = training_figure(runs)
+    left, right = fig.axes
+    dice = [(to_rgba(line.get_color()), list(line.get_ydata())) for line in left.get_lines()]
+    d_lines = {line.get_label(): list(line.get_ydata()) for line in right.get_lines()}
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    labels = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+    title = fig.get_suptitle()
+    plt.close(fig)
+    assert [y for _, y in dice] == [*VAL["ce"], *VAL["adversarial"]]
+    assert dice[0][0] == dice[1][0] != dice[2][0] == dice[3][0]  # one colour per scheme
+    assert legends == [
+        ["ce (2 runs)", "adversarial (2 runs)"],
+        ["adversarial (2 runs)", "chance: 2 ln 2 = 1.386"],
+    ]
+    assert d_lines["adversarial (2 runs)"] == LOSS_D[0]
+    assert d_lines["chance: 2 ln 2 = 1.386"] == pytest.approx([2 * math.log(2)] * 2)
+    assert labels == [("epoch", "Dice"), ("epoch", "L_D (epoch mean)")]
+    assert title
+
+
+def test_folders_without_training_logs_leave_the_section_out(tmp_path):
+    from adseg.evaluation.convergence import read_run
+
+    rows = [_row(s, i % 2, f"c{i}", f"P{i}", 0.5, 0.5) for s in ("ce", "hybrid") for i in range(4)]
+    text = summarize(_write(tmp_path, rows), tmp_path / "exp", "test", 0.5, "dice", 200).read_text()
+    assert "## Training" not in text
+    assert read_tsv(tmp_path / "exp" / "training.tsv") == []
+    assert not (tmp_path / "exp" / "plots" / "training_curves.png").exists()
+    # a threshold rule is left out by its network's name, whatever its log holds
+    folder = _model_folders(tmp_path / "t")[0].parent
+    assert read_run(folder) is not None
+    spec = folder / "model.json"
+    spec.write_text(spec.read_text().replace('"UNet"', '"ThresholdRule"'))
+    assert read_run(folder) is None
+
+
+def test_ds_chance_level_is_its_loss_on_scores_that_tell_nothing_apart():
+    import torch
+
+    from adseg.evaluation.convergence import CHANCE
+    from adseg.training.losses import ADVERSARIAL_LOSSES, discriminator_loss
+
+    undecided = torch.zeros(4)  # logit 0: sigma = 0.5 for real and fake alike
+    for loss, (value, _) in CHANCE.items():
+        if loss in ADVERSARIAL_LOSSES:
+            for target in (1.0, 0.9):  # one-sided smoothing does not move it
+                got = float(discriminator_loss(loss, undecided, undecided, target))
+                assert got == pytest.approx(value), (loss, target)
+    assert CHANCE["nonsaturating"][0] == pytest.approx(1.386, abs=1e-3)
+    assert "lsgan" not in CHANCE and "wgan-gp" not in CHANCE

@@ -1,5 +1,5 @@
 # Stage 6: every trained fold on its held-out patients, against the original label files;
-# then the table of all schemes.
+# then the table of all schemes (with the training logs beside each metrics.tsv).
 rule evaluate:
     input:
         model=EXP / "{scheme}" / "{run}" / "model.json",
@@ -36,6 +36,7 @@ rule summarize:
         md=EXP / "summary.md",
         tsv=EXP / "summary.tsv",
         tests=EXP / "tests.tsv",
+        training=EXP / "training.tsv",
         plots=directory(EXP / "plots"),
     log:
         LOGS / "summarize.log",
