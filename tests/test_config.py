@@ -29,7 +29,7 @@ def test_defaults_are_filled():
         "file": None,
         "inner_val_fraction": 0.2,
     }
-    assert config["schemes"] == ["ce", "adversarial", "hybrid"]
+    assert config["schemes"] == ["ce", "adversarial", "hybrid", "threshold"]
     assert config["mlflow"]["tracking_uri"] is None
 
 
@@ -62,7 +62,8 @@ def test_bad_values_are_named():
             {"schemes": ["ce", "gan"], "folds": {"n": 1}, "preprocess": {"target_spacing": [1, 2]}}
         )
     message = str(err.value)
-    assert "schemes.1: 'gan' is not allowed; choose from ce, dicece, adversarial, hybrid" in message
+    allowed = "ce, dicece, wce, adversarial, hybrid, hybrid-frozen, threshold"
+    assert f"schemes.1: 'gan' is not allowed; choose from {allowed}" in message
     assert "folds.n: 1 is less than the minimum of 2" in message
     assert "preprocess.target_spacing: [1, 2] is not valid" in message
 
@@ -129,7 +130,7 @@ def test_a_workflow_job_takes_result_neutral_settings_of_its_own_sections(monkey
     monkeypatch.setenv(ENV_CONFIG, json.dumps(workflow))
     job = load_config(None, {"train": {"lr": 0.01}})
     assert (job["train"]["workers"], job["train"]["device"], job["train"]["lr"]) == (3, "cpu", 0.01)
-    assert job["train"]["epochs"] == 30  # not neutral: only what --set gave (the default)
+    assert job["train"]["epochs"] == 40  # not neutral: only what --set gave (the default)
     cohort_job = load_config(None, {"dataset": {"source": "synthetic"}})
     assert cohort_job["train"]["workers"] == 0
 

@@ -146,10 +146,10 @@ def test_schemes_are_parents_and_folds_nested_runs_with_metrics_and_artifacts(
         assert len(tags["git_commit"].removesuffix("-dirty")) == 40
         assert tags["evaluate.checkpoint"] == '"final"'
         params = run.data.params
-        assert params["train.lr"] == "0.001" and params["fold"] == "0"
+        assert params["train.lr"] == "0.005" and params["fold"] == "0"
         assert params["train.network.features"] == "[8, 16]"
         assert ("adversarial.d_lr" in params) == (scheme == "hybrid")
-        assert parent.data.params["train.lr"] == "0.001" and "fold" not in parent.data.params
+        assert parent.data.params["train.lr"] == "0.005" and "fold" not in parent.data.params
         # per-epoch metrics with step = epoch; the same names for every scheme
         for key in ("train/loss_s", "train/loss_ce", "train/lr_s", "val/dice"):
             assert _steps(client, run.info.run_id, key) == [1, 2], key
@@ -227,7 +227,7 @@ def test_a_rerun_resumes_its_run_or_is_a_new_run_that_says_so(tiny_experiment, t
     _train(tiny_experiment, changed, "ce", 1, resume="auto")
     parents, folds = _runs(client, "tiny")
     assert len(parents) == 2 and len(folds) == 3
-    old = next(p for p in parents if p.data.params["train.lr"] == "0.001")
+    old = next(p for p in parents if p.data.params["train.lr"] == "0.005")
     new = next(p for p in parents if p.data.params["train.lr"] == "0.002")
     assert old.data.tags["adseg.superseded_by"] == new.info.run_id
     assert new.data.tags["adseg.supersedes"] == old.info.run_id
