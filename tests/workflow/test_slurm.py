@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from adseg import tracking
 
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = "workflow/profiles/slurm"
 # a test cluster answers at once; status checks every few seconds instead of the profile's
 FAST_POLLING = [
@@ -140,10 +141,12 @@ def test_tiny_workflow_runs_as_slurm_jobs_logs_over_http_and_matches_a_local_run
     assert run.returncode == 0, run.stderr[-4000:]
     exp = results / "tiny"
 
-    # every job of the workflow was a Slurm job: 5 preparation jobs, 6 train, 6 evaluate, 1
-    # summary (the target rules run nothing)
+    # every job of the workflow was a Slurm job: 5 preparation jobs, a train and an evaluate
+    # job per scheme and fold, 1 summary (the target rules run nothing)
+    tiny = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    schemes, models = len(tiny["schemes"]), len(tiny["schemes"]) * tiny["folds"]["n"]
     submitted = slurm_jobs(run)
-    assert len(submitted) == 5 + 6 + 6 + 1, run.stderr[-4000:]
+    assert len(submitted) == 5 + models + models + 1, run.stderr[-4000:]
     jobs = slurm_records(submitted)
     assert set(jobs) == set(submitted)
     assert {j["state"] for j in jobs.values()} == {"COMPLETED"}
@@ -195,8 +198,8 @@ def test_tiny_workflow_runs_as_slurm_jobs_logs_over_http_and_matches_a_local_run
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
     roles = sorted(r.data.tags["adseg.role"] for r in runs)
-    assert roles == ["fold"] * 6 + ["parent"] * 3
-    assert len(list((server.folder / "artifacts").rglob("checkpoint_final.pt"))) == 6
+    assert roles == ["fold"] * models + ["parent"] * schemes
+    assert len(list((server.folder / "artifacts").rglob("checkpoint_final.pt"))) == models
     # nothing waited in the fold jobs' journals: every event reached the server from the nodes
     journals, sent, pending = tracking.sync([exp])
     assert journals >= 6 and (sent, pending) == (0, 0)
