@@ -22,6 +22,7 @@ from adseg.evaluation.summary import summarize
 from adseg.io import write_tsv
 from adseg.preprocessing.qc import read_tsv
 from adseg.training.schemes import SCHEMES
+from adseg.training.segmentor import LOG_COLUMNS
 
 
 def _row(scheme, fold, case, patient, dice, sens, tp=1, fn=0, fp=0):
@@ -239,21 +240,6 @@ def test_training_seeds_are_averaged_per_patient_and_their_spread_reported(tmp_p
 
 # --- training: convergence and the discriminator ------------------------------------------
 
-LOG_COLUMNS = (
-    "epoch",
-    "phase",
-    "loss_s",
-    "loss_ce",
-    "loss_adv",
-    "loss_d",
-    "d_real",
-    "d_fake",
-    "grad_norm_s",
-    "grad_norm_d",
-    "lr_s",
-    "val_dice",
-    "seconds",
-)
 # per fold: validation Dice on epochs 2, 4, 6, 8; D's loss on epochs 3-8 (1-2: warm-up, no D)
 VAL = {
     "ce": ([0.3, 0.5, 0.7, 0.72], [0.2, 0.4, 0.6, 0.64]),

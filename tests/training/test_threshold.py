@@ -165,19 +165,25 @@ def test_the_fit_never_reads_a_test_patient(tiny_experiment, tmp_path):
     assert spec["rule"]["channels"] == clean.summary(spec["channel_names"])["channels"]
 
 
-@pytest.fixture(scope="module")
-def rule_model(tiny_experiment, tmp_path_factory) -> Path:
-    """The threshold scheme trained on fold 0 of the tiny experiment."""
-    out = tmp_path_factory.mktemp("threshold_model") / "threshold" / f"fold_{FOLD}"
-    train_fold(
+def fit(tiny_experiment, out: Path, resume: str = "auto") -> dict:
+    """The threshold scheme on fold FOLD of the tiny experiment, into ``out``."""
+    return train_fold(
         tiny_experiment["config"],
         "threshold",
         FOLD,
         tiny_experiment["preprocessed"],
         tiny_experiment["splits"],
         out,
+        resume,
         show_progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def rule_model(tiny_experiment, tmp_path_factory) -> Path:
+    """The threshold scheme trained on fold 0 of the tiny experiment."""
+    out = tmp_path_factory.mktemp("threshold_model") / "threshold" / f"fold_{FOLD}"
+    fit(tiny_experiment, out)
     return out
 
 
@@ -214,16 +220,7 @@ def test_a_resumed_job_refits_the_same_rule(tiny_experiment, rule_model, tmp_pat
     shutil.copytree(rule_model, out)
     (out / "checkpoint_last.pt").write_bytes(b"left by an older run")
     for resume in ("auto", "yes"):
-        spec = train_fold(
-            tiny_experiment["config"],
-            "threshold",
-            FOLD,
-            tiny_experiment["preprocessed"],
-            tiny_experiment["splits"],
-            out,
-            resume,
-            show_progress=False,
-        )
+        spec = fit(tiny_experiment, out, resume)
         assert spec["rule"]["channels"] == read_json(rule_model / "model.json")["rule"]["channels"]
     assert not (out / "checkpoint_last.pt").exists()
 
