@@ -36,7 +36,7 @@ from adseg.training.engine import (
     non_finite,
 )
 from adseg.training.job import TrainJob
-from adseg.training.losses import CRITIC_LOSSES, discriminator_loss, loss_floor
+from adseg.training.losses import CRITIC_LOSSES, loss_floor
 from adseg.training.networks import build_segmentor, discriminator_input, real_label_maps
 from adseg.training.schemes import SCHEMES
 from adseg.training.steps import discriminator_step, generator_step, grad_norm
@@ -155,9 +155,8 @@ class SegmentorTrainer:
         )
         d_real = discriminator_input(a["d_input"], image, real)
         d_fake = discriminator_input(a["d_input"], image, fake)
-        if self.scheme.frozen_discriminator:
-            d_stats = self.frozen_scores(d_real, d_fake)
-        for _ in range(0 if self.scheme.frozen_discriminator else a["d_steps"]):
+        frozen = self.scheme.frozen_discriminator
+        for _ in range(1 if frozen else a["d_steps"]):
             d_stats = discriminator_step(
                 self.disc,
                 self.opt_d,
@@ -168,6 +167,7 @@ class SegmentorTrainer:
                 a["gp_weight"],
                 a["clip"],
                 self.autocast,
+                update=not frozen,
             )
         ce = self.ce(logits, label)
         g_stats = generator_step(
@@ -185,20 +185,6 @@ class SegmentorTrainer:
             "loss_adv": g_stats["loss_adv"],
             "grad_norm_s": g_stats["grad_norm_g"],
             **d_stats,
-        }
-
-    @torch.no_grad()
-    def frozen_scores(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        """D's loss and mean scores on a batch, without updating it (``hybrid-frozen``)."""
-        a = self.job.config["adversarial"]
-        with self.autocast():
-            real_scores, fake_scores = self.disc(real).float(), self.disc(fake).float()
-        loss_d = discriminator_loss(a["loss"], real_scores, fake_scores, a["real_label"])
-        return {
-            "loss_d": float(loss_d),
-            "d_real": float(real_scores.mean()),
-            "d_fake": float(fake_scores.mean()),
-            "grad_norm_d": 0.0,
         }
 
     def run_epoch(self, loader, epoch: int, warmup: bool) -> dict[str, float]:

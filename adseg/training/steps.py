@@ -69,6 +69,7 @@ def discriminator_step(
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
     noise_std: float = 0.0,
     noise_channels: slice = ALL,
+    update: bool = True,
 ) -> dict[str, float]:
     """One update of D on a batch of real and generated samples.
 
@@ -79,11 +80,19 @@ def discriminator_step(
     ``autocast`` makes the context for the forward pass (mixed precision on CUDA); the
     backward pass runs outside it, as PyTorch recommends.
 
+    ``update=False`` scores the batch and computes L_D (without the gradient penalty, which
+    needs gradients) but changes nothing: a D that is only watched (``hybrid-frozen``).
+
     Returns:
         ``loss_d``, mean raw scores ``d_real`` and ``d_fake``, and ``grad_norm_d``.
     """
     real = noisy(real, noise_std, noise_channels)
     fake = noisy(fake.detach(), noise_std, noise_channels)
+    if not update:
+        with torch.no_grad(), autocast():
+            real_scores, fake_scores = disc(real).float(), disc(fake).float()
+            loss_d = discriminator_loss(loss, real_scores, fake_scores, real_target)
+        return _d_stats(loss_d, real_scores, fake_scores, 0.0)
     disc.requires_grad_(True)
     optimizer.zero_grad(set_to_none=True)
     with autocast():
@@ -98,6 +107,10 @@ def discriminator_step(
         with torch.no_grad():
             for p in disc.parameters():
                 p.clamp_(-clip, clip)
+    return _d_stats(loss_d, real_scores, fake_scores, norm)
+
+
+def _d_stats(loss_d, real_scores, fake_scores, norm: float) -> dict[str, float]:
     return {
         "loss_d": float(loss_d.detach()),
         "d_real": float(real_scores.detach().mean()),
