@@ -30,10 +30,26 @@ the start-up line. Scans are checked before anything is written: readable and
 complete, not empty or constant, and each channel in world register with the
 reference channel.
 
+Outputs, per case, in the geometry (shape, affine, qform/sform) of its reference channel's
+file (plans.json reference_channel, usually 0000):
+  <case>.nii.gz                the mask (uint8 labels);
+  <case>_probabilities.nii.gz  with --save-probabilities: float32, one volume per class;
+  <case>_entropy.nii.gz        with --uncertainty: float32, the entropy of the ensemble's
+                               mean class probabilities (over folds and --tta mirrorings)
+                               divided by log(number of classes): 0 certain .. 1 all
+                               classes equally likely;
+  <case>_disagreement.nii.gz   with --uncertainty: float32, the fraction of the folds whose
+                               own mask differs from the ensemble's at the voxel (0 = all
+                               agree; always 0 with one fold).
+predictions.csv has a row per case: per label its volume (<label>_ml) and lesion count
+(<label>_count); with --uncertainty also each lesion's mean entropy
+(<label>_mean_entropy, one value per lesion, "; "-separated) and the mean entropy over
+all predicted foreground (mean_entropy); empty without it.
+
 The output folder is never an input, inside one or holding one. predictions.csv records
 per case the fingerprints of the model and of the input files; a rerun skips a finished
-case made from the same ones, and refuses one made from another model or other files
-unless --overwrite."""
+case made from the same ones (a rerun with --uncertainty redoes those without maps), and
+refuses one made from another model or other files unless --overwrite."""
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -77,6 +93,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write <case>_probabilities.nii.gz (float32, one volume per class)",
     )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write <case>_entropy.nii.gz (voxel entropy of the ensemble's mean "
+        "probabilities, normalised to [0, 1]) and <case>_disagreement.nii.gz (fraction of "
+        "folds whose mask differs from the ensemble's; all 0 with one fold), float32 in the "
+        "scan's geometry, and each lesion's mean entropy in predictions.csv",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final")
     p.add_argument(
@@ -105,6 +129,7 @@ def _predict(args) -> None:
         folds=args.folds,
         tta=args.tta,
         save_probabilities=args.save_probabilities,
+        uncertainty=args.uncertainty,
         device=args.device,
         overwrite=args.overwrite,
         checkpoint=args.checkpoint,

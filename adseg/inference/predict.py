@@ -12,7 +12,9 @@ normalisation, channel order) and the label names. For each case:
 4. resample the class probabilities onto the grid of the case's reference channel file (linear,
    per class) and take the argmax;
 5. write the mask with that file's own NIfTI header (shape, affine, qform and sform codes), and
-   optionally the probabilities as a 4-D float32 image, one volume per class.
+   optionally the probabilities as a 4-D float32 image, one volume per class, and (with
+   ``uncertainty``) the voxel entropy and fold disagreement maps as float32 images
+   (:mod:`adseg.inference.uncertainty`), with each lesion's mean entropy in its row.
 
 Everything is checked before any output is made, and a failure names its file: the output
 folder (:func:`adseg.guard.check_output`: never an input, inside one or holding one), the
@@ -20,8 +22,9 @@ model folder and its checkpoints (read as data), the scans (:mod:`adseg.inferenc
 exactly the model's channels, readable, not empty or constant, in world register). Each output
 file is written atomically, so a case is complete or absent. ``predictions.csv`` records what
 each mask came from (:mod:`adseg.inference.provenance`): a rerun skips a finished case made
-from the same model and files, refuses one made from others unless ``overwrite``, and removes
-the temporary files a killed run left.
+from the same model and files (and redoes one whose asked-for uncertainty maps are missing),
+refuses one made from others unless ``overwrite``, and removes the temporary files a killed
+run left.
 """
 
 from __future__ import annotations
@@ -67,10 +70,18 @@ from adseg.inference.sliding import (
     discriminator_score,
     ensemble_spec,
     make_inferer,
+    map_to_grid,
     one_hot,
     predict_probabilities,
     remove_small_components,
     to_grid,
+)
+from adseg.inference.uncertainty import (
+    fold_disagreement,
+    map_paths,
+    normalised_entropy,
+    plan_uncertainty,
+    probabilities_and_votes,
 )
 from adseg.io import atomic_path
 from adseg.log import logger, progress
@@ -140,8 +151,18 @@ def write_like(reference: Path, array_zyx: np.ndarray, path: Path, dtype) -> Non
         nib.save(image, str(tmp))
 
 
-def lesion_stats(labels_zyx: np.ndarray, spacing_xyz, names: dict[int, str]) -> dict:
-    """Per foreground label: volume in mL and number of connected components."""
+def lesion_stats(
+    labels_zyx: np.ndarray, spacing_xyz, names: dict[int, str], entropy: np.ndarray | None = None
+) -> dict:
+    """Per foreground label: volume in mL, number of connected components (26-connected) and
+    each component's mean of ``entropy`` (``<name>_mean_entropy``: one value per component,
+    joined by ``"; "``, the components ordered by their first voxel in ``(z, y, x)`` order);
+    then ``mean_entropy``, the mean of ``entropy`` over every foreground voxel. Without
+    ``entropy`` (or without such voxels) those columns are empty.
+
+    Args:
+        entropy: the normalised entropy map ``(z, y, x)`` of the labels' grid, or None.
+    """
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
     structure = ndimage.generate_binary_structure(3, 3)
     out = {}
@@ -153,8 +174,16 @@ def lesion_stats(labels_zyx: np.ndarray, spacing_xyz, names: dict[int, str]) -> 
         out[f"{name}_ml"] = round(voxels * voxel_ml, 4)
         # components within the mask's bounding box, where they all lie: labelling the
         # whole volume took 2 ms even with nothing in it
-        count = ndimage.label(mask[nonzero_bbox([mask])], structure)[1] if voxels else 0
+        box = nonzero_bbox([mask]) if voxels else ()
+        components, count = ndimage.label(mask[box], structure) if voxels else (None, 0)
         out[f"{name}_count"] = int(count)
+        means = []
+        if entropy is not None and count:
+            means = ndimage.mean(entropy[box], components, np.arange(1, count + 1))
+        out[f"{name}_mean_entropy"] = "; ".join(f"{m:.4f}" for m in means)
+    foreground = labels_zyx != 0
+    known = entropy is not None and foreground.any()
+    out["mean_entropy"] = round(float(entropy[foreground].mean()), 4) if known else ""
     return out
 
 
@@ -204,6 +233,7 @@ class PredictOptions:
     folds: list[int] | None = None
     tta: bool = False
     save_probabilities: bool = False
+    uncertainty: bool = False
     device: str = "auto"
     overwrite: bool = False
     checkpoint: str = "final"
@@ -230,13 +260,19 @@ def predict_case(
     x = torch.from_numpy(np.stack([sitk.GetArrayFromImage(im).transpose(2, 1, 0) for im in images]))
     dims, axis = spec["network"]["spatial_dims"], spec["slice_axis"]
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    probs = predict_probabilities(nets, x, inferer, dims, axis, opts.tta, amp)
-    probs = remove_small_components(probs, ensemble_spec([m.spec for m in models]))
+    specs = [m.spec for m in models]
+    if opts.uncertainty:
+        probs, votes = probabilities_and_votes(nets, specs, x, inferer, dims, axis, opts.tta, amp)
+    else:
+        probs = predict_probabilities(nets, x, inferer, dims, axis, opts.tta, amp)
+    probs = remove_small_components(probs, ensemble_spec(specs))
     reference = channels[plan.reference_channel]
-    labels, prob_arr = to_grid(probs, Grid.from_dict(record["final_grid"]), Grid.of(reference))
+    grid, ref_grid = Grid.from_dict(record["final_grid"]), Grid.of(reference)
+    labels, prob_arr = to_grid(probs, grid, ref_grid)
     ref_file = case.channels[plan.reference_channel].path
     names = {v: k for k, v in spec["labels"].items()}
-    row = {"case_id": case.case_id, **lesion_stats(labels, reference.GetSpacing(), names)}
+    entropy = normalised_entropy(prob_arr) if opts.uncertainty else None
+    row = {"case_id": case.case_id, **lesion_stats(labels, reference.GetSpacing(), names, entropy)}
     row["seconds"] = round(time.perf_counter() - t0, 2)
     score = critics.score(x, probs)
     if score is not None:
@@ -246,6 +282,10 @@ def predict_case(
             row["d_flag"] = "unlike-expert" if score < critics.threshold else ""
     if opts.save_probabilities:
         write_like(ref_file, prob_arr, out / f"{case.case_id}_probabilities.nii.gz", np.float32)
+    if opts.uncertainty:
+        disagreement = map_to_grid(fold_disagreement(votes, probs.argmax(0)), grid, ref_grid)
+        for path, values in zip(map_paths(out, case.case_id), (entropy, disagreement), strict=True):
+            write_like(ref_file, values, path, np.float32)
     # the mask last: its presence marks a finished case
     write_like(ref_file, labels, out / f"{case.case_id}.nii.gz", np.uint8)
     return row
@@ -329,6 +369,7 @@ def predict(
         cases, provenance, rows, out, opts.overwrite, opts.save_probabilities, Path(model_dir)
     )
     ours = out.is_dir() and owned(out)
+    todo = plan_uncertainty(cases, todo, out, ours, opts.uncertainty)
     check_not_foreign(out, todo, ours)
     check_writable(out, "predict")
     if ours:
@@ -339,6 +380,8 @@ def predict(
         if rows.pop(case.case_id, None) is not None:
             # a row describes the mask beside it: drop it before that mask is replaced
             write_summary(summary, rows)
+        for path in map_paths(out, case.case_id):
+            path.unlink(missing_ok=True)  # so are old maps: an --overwrite may change the mask
         row = predict_case(case, models, nets, critics, inferer, opts, out, device)
         rows[case.case_id] = {**row, **provenance[case.case_id]}
         write_summary(summary, rows)

@@ -5,18 +5,20 @@ Shared by validation during training, ``adseg evaluate`` and ``adseg predict``:
 - :func:`make_inferer`: MONAI's ``SliceInferer`` (2-D networks, slices across the slice axis,
   stacked back) or ``SlidingWindowInferer`` (3-D), both with Gaussian blending of windows.
 - :func:`predict_probabilities`: softmax maps of one preprocessed case, averaged over models
-  (fold ensemble) and optionally over mirrored inputs (test-time augmentation).
+  (fold ensemble) and optionally over mirrored inputs (test-time augmentation); each
+  model's and mirroring's maps one by one from :func:`mirrored_probabilities`.
 - :func:`remove_small_components`: a model's ``postprocess`` (the threshold scheme's least
   lesion size), applied to the probabilities before any mask is made.
 - :func:`to_grid`: probabilities on the preprocessed grid resampled (linear, per class) onto
   any grid in world space, then the argmax, as nnU-Net does, so a label is never
-  interpolated.
+  interpolated; :func:`map_to_grid` takes any continuous map (an uncertainty map) the same
+  way.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -57,6 +59,36 @@ def _flip_sets(spatial_dims: int, axis: int, tta: bool) -> list[tuple[int, ...]]
 
 
 @torch.inference_mode()
+def mirrored_probabilities(
+    models: Sequence[nn.Module],
+    image: torch.Tensor,
+    inferer: Inferer,
+    spatial_dims: int,
+    axis: int,
+    tta: bool = False,
+    amp: bool = False,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Softmax maps ``(1, K, X, Y, Z)`` of one case ``image`` ``(C, X, Y, Z)``, one per model
+    and mirroring (just the unmirrored input without ``tta``), each with its model's index,
+    model by model, on the models' device.
+
+    With ``tta``, all mirrorings of the in-plane axes (and the slice axis too for 3-D
+    networks).
+    """
+    # a model's buffers too: a fitted rule (ThresholdRule) has no parameters
+    device = next(itertools.chain(models[0].parameters(), models[0].buffers())).device
+    batch = image.unsqueeze(0).to(device)
+    for index, model in enumerate(models):
+        model.eval()
+        for dims in _flip_sets(spatial_dims, axis, tta):
+            x = batch.flip(dims) if dims else batch
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = inferer(x, model)
+            probs = torch.softmax(logits.float(), dim=1)
+            yield index, probs.flip(dims) if dims else probs
+
+
+@torch.inference_mode()
 def predict_probabilities(
     models: Sequence[nn.Module],
     image: torch.Tensor,
@@ -68,22 +100,13 @@ def predict_probabilities(
 ) -> torch.Tensor:
     """Softmax maps ``(K, X, Y, Z)`` of one case ``image`` ``(C, X, Y, Z)``.
 
-    The mean over ``models`` and, with ``tta``, over all mirrorings of the in-plane axes
-    (and the slice axis too for 3-D networks).
+    The mean over ``models`` and, with ``tta``, over all mirrorings
+    (:func:`mirrored_probabilities`).
     """
-    # a model's buffers too: a fitted rule (ThresholdRule) has no parameters
-    device = next(itertools.chain(models[0].parameters(), models[0].buffers())).device
-    batch = image.unsqueeze(0).to(device)
     total, count = None, 0
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for model in models:
-            model.eval()
-            for dims in _flip_sets(spatial_dims, axis, tta):
-                x = batch.flip(dims) if dims else batch
-                probs = torch.softmax(inferer(x, model).float(), dim=1)
-                probs = probs.flip(dims) if dims else probs
-                total = probs if total is None else total + probs
-                count += 1
+    for _, probs in mirrored_probabilities(models, image, inferer, spatial_dims, axis, tta, amp):
+        total = probs if total is None else total + probs
+        count += 1
     return (total / count)[0].cpu()
 
 
@@ -141,6 +164,17 @@ def probabilities_image(probs: torch.Tensor, grid: Grid) -> list[sitk.Image]:
     arrays = probs.numpy().astype(np.float32)
     # numpy/SimpleITK order is (z, y, x)
     return [grid.image(np.ascontiguousarray(a.transpose(2, 1, 0))) for a in arrays]
+
+
+def map_to_grid(values: torch.Tensor, source: Grid, target: Grid) -> np.ndarray:
+    """Resample a continuous map ``(X, Y, Z)`` on ``source`` onto ``target`` (linear, as the
+    probabilities in :func:`to_grid`); voxels of ``target`` outside ``source`` get 0.
+
+    Returns:
+        The map ``(z, y, x)`` float32 on ``target``.
+    """
+    image = probabilities_image(values[None], source)[0]
+    return sitk.GetArrayFromImage(resample_to(image, target, default=0.0)).astype(np.float32)
 
 
 def to_grid(probs: torch.Tensor, source: Grid, target: Grid) -> tuple[np.ndarray, np.ndarray]:

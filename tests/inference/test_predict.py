@@ -397,6 +397,25 @@ def test_lesion_stats_count_26_connected_components_and_millilitres():
     labels[3, 7, 2] = 2  # another class
     names = {0: "background", 1: "lesion", 2: "gland"}
     stats = lesion_stats(labels, (0.5, 0.5, 4.0), names)
-    assert stats == {"lesion_count": 2, "lesion_ml": 0.014, "gland_count": 1, "gland_ml": 0.001}
+    assert stats == {
+        "lesion_count": 2,
+        "lesion_ml": 0.014,
+        "lesion_mean_entropy": "",
+        "gland_count": 1,
+        "gland_ml": 0.001,
+        "gland_mean_entropy": "",
+        "mean_entropy": "",
+    }
     empty = lesion_stats(np.zeros((4, 4, 4), np.uint8), (1, 1, 1), names)
     assert empty["lesion_count"] == 0 and empty["lesion_ml"] == 0.0
+    # with an entropy map: each component's mean, in (z, y, x) order of their first voxel
+    entropy = np.zeros(labels.shape, np.float32)
+    entropy[0, 0, 0], entropy[1, 1, 1] = 0.2, 0.4
+    entropy[5:7, 5:8, 8:10] = 0.9
+    entropy[3, 7, 2] = 0.5
+    stats = lesion_stats(labels, (0.5, 0.5, 4.0), names, entropy)
+    assert stats["lesion_mean_entropy"] == "0.3000; 0.9000"
+    assert stats["gland_mean_entropy"] == "0.5000"
+    assert stats["mean_entropy"] == pytest.approx((0.2 + 0.4 + 12 * 0.9 + 0.5) / 15, abs=1e-4)
+    empty = lesion_stats(np.zeros((4, 4, 4), np.uint8), (1, 1, 1), names, np.ones((4, 4, 4)))
+    assert empty["lesion_mean_entropy"] == "" and empty["mean_entropy"] == ""
