@@ -8,7 +8,10 @@ from pathlib import Path
 from adseg.cli.common import add_command
 from adseg.log import logger
 
-EXAMPLE = "adseg predict -i scans/ -o masks/ -m results/default/hybrid"
+EXAMPLE = (
+    "adseg predict -i scans/ -o masks/ -m results/default/hybrid\n"
+    "  adseg predict -i scans/ -o masks/ -m models:/adseg-default-hybrid@champion"
+)
 DESCRIPTION = """\
 Segment new scans with a trained model folder (all folds as an ensemble).
 
@@ -82,9 +85,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-m",
         "--model",
-        type=Path,
         required=True,
-        help="model folder: <scheme>/ (all its fold_<k>/) or one fold_<k>/",
+        help="model folder: <scheme>/ (all its fold_<k>/) or one fold_<k>/; or a registered "
+        "model, models:/adseg-<experiment>-<scheme>@champion or models:/<name>/<version> "
+        "(downloaded once into $ADSEG_CACHE, default ~/.cache/adseg)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="the MLflow store of a models:/ model (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///results/mlflow.db)",
     )
     p.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: all)")
     p.add_argument("--tta", action="store_true", help="average over mirrored inputs")
@@ -120,6 +129,11 @@ def _predict(args) -> None:
     from adseg.guard import check_output
     from adseg.inference.inputs import check_exists
 
+    if args.model.startswith("models:/"):  # a registered version: its cached download
+        from adseg.tracking.fetch import fetch_model
+
+        args.model = fetch_model(args.model, args.tracking_uri)
+    args.model = Path(args.model)
     # paths and the guard first: they need no torch, so a wrong -m, -i or -o is refused at once
     check_exists(args.input, args.model)
     check_output(args.out, [*args.input, args.model], overwrite=args.overwrite)

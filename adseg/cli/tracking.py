@@ -1,5 +1,5 @@
 """``adseg mlflow-sync``: send the MLflow events kept while the tracking server was
-unreachable."""
+unreachable, then register the model versions that waited for them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def _add_mlflow_sync(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "mlflow-sync",
-        "Send MLflow events kept while the tracking server was unreachable.",
+        "Send MLflow events kept while the tracking server was unreachable; register the "
+        "model versions that waited for them.",
         _mlflow_sync,
         EXAMPLE,
         config=False,
@@ -28,7 +29,7 @@ def _add_mlflow_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def _mlflow_sync(args) -> None:
-    from adseg.tracking import sync
+    from adseg.tracking import register_pending, sync
 
     for path in args.paths:
         if not path.is_dir():
@@ -38,8 +39,14 @@ def _mlflow_sync(args) -> None:
         where = ", ".join(map(str, args.paths))
         raise UserError(f"no MLflow journals (tracking/*/ref.json) under {where}")
     logger.info("sent %d events of %d runs; %d pending", sent, runs, pending)
-    if pending:
-        raise UserError(f"{pending} events could not be sent; the tracking store is unreachable")
+    registered, waiting = register_pending(args.paths, args.tracking_uri)
+    if registered or waiting:
+        logger.info("registered model versions: %d done, %d waiting", registered, waiting)
+    if pending or waiting:
+        raise UserError(
+            f"{pending} events could not be sent and {waiting} model versions not registered; "
+            "the tracking store is unreachable"
+        )
 
 
 COMMANDS = {"mlflow-sync": _add_mlflow_sync}

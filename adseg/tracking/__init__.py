@@ -1,5 +1,6 @@
 """Experiment tracking in MLflow: loss-free, safe for parallel jobs. The only package that
-imports mlflow (in :mod:`adseg.tracking.store`).
+imports mlflow (in :mod:`~adseg.tracking.store`, :mod:`~adseg.tracking.registry`,
+:mod:`~adseg.tracking.fetch` and :mod:`~adseg.tracking.system`).
 
 In MLflow, each config ``experiment`` is one MLflow experiment. Each scheme has one parent run
 per set of model-defining settings, and each cross-validation fold is a child run nested in
@@ -32,14 +33,29 @@ run and counts ``adseg.resumed``. A fresh start of a fold is a new run tagged
 ``adseg.attempt`` and ``adseg.rerun_of``, and the run it replaces is tagged
 ``adseg.superseded_by``. A parent made for changed settings is tagged in the same way.
 
+**Models.** The summary of the training schemes registers each scheme's fold ensemble as a
+version of the registered model ``adseg-<experiment>-<scheme>``, its files logged through the
+parent run's journal, and gives the alias ``champion`` to the scheme best on the primary
+endpoint. A registration the store could not take waits in the journal's folder for
+``adseg mlflow-sync``. ``fetch_model("models:/adseg-default-hybrid@champion")`` gives a
+version back as a local model folder for ``adseg predict -m``.
+
+**System metrics.** A fold's run records the machine's CPU, memory, disk, network and GPU
+use while it trains, through its journal, under MLflow's ``system/`` names.
+
 The modules, by job: :mod:`~adseg.tracking.settings` (config → params, tags, identity),
 :mod:`~adseg.tracking.journal` (the events on disk, and sending them),
 :mod:`~adseg.tracking.store` (the MLflow client, and waiting for a store that failed),
-:mod:`~adseg.tracking.runs` (a fold's run, as training makes it) and
-:mod:`~adseg.tracking.results` (what evaluation and summaries log).
+:mod:`~adseg.tracking.runs` (a fold's run, as training makes it),
+:mod:`~adseg.tracking.system` (its system metrics),
+:mod:`~adseg.tracking.results` (what evaluation and summaries log),
+:mod:`~adseg.tracking.registry` (the ensembles as registered model versions) and
+:mod:`~adseg.tracking.fetch` (a version back as a model folder).
 """
 
+from adseg.tracking.fetch import fetch_model
 from adseg.tracking.journal import JOURNALS, Journal, current_journal, journals_under, sync
+from adseg.tracking.registry import RegistryError, register_pending
 from adseg.tracking.results import (
     adda_parent_metrics,
     log_evaluation,
@@ -68,10 +84,12 @@ __all__ = [
     "RETRY_AFTER_S",
     "FoldRun",
     "Journal",
+    "RegistryError",
     "Store",
     "adda_parent_metrics",
     "current_journal",
     "enabled",
+    "fetch_model",
     "flatten",
     "journals_under",
     "log_evaluation",
@@ -81,6 +99,7 @@ __all__ = [
     "model_settings",
     "new_fold_journal",
     "parent_ref",
+    "register_pending",
     "report_pending",
     "settings_hash",
     "sync",

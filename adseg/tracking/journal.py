@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +19,8 @@ from adseg.log import logger
 from adseg.tracking.store import RunGone, backing_off, note_failure, note_success, store_for
 
 JOURNALS = "tracking"
+# a run's system metrics are appended from a thread of their own (adseg.tracking.system)
+_APPENDING = threading.Lock()
 
 
 class Journal:
@@ -45,7 +48,7 @@ class Journal:
 
     def append(self, op: str, **data: Any) -> None:
         line = json.dumps({"op": op, "time": int(time.time() * 1000), **data}, allow_nan=True)
-        with open(self.events_file, "a+b") as f:
+        with _APPENDING, open(self.events_file, "a+b") as f:
             f.seek(0, os.SEEK_END)
             if f.tell():
                 f.seek(-1, os.SEEK_END)
@@ -55,10 +58,17 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
 
-    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+    def metrics(self, values: dict[str, float], step: int = 0, system: bool = False) -> None:
+        """Metrics at ``step``; ``system``: samples of the machine (:mod:`adseg.tracking.system`)
+        with steps of their own, kept when an epoch is trained again."""
         clean = {k: float(v) for k, v in values.items() if v is not None}
         if clean:
-            self.append("metrics", metrics=clean, step=step)
+            self.append("metrics", metrics=clean, step=step, **({"system": True} if system else {}))
+
+    def next_system_step(self) -> int:
+        """The step of the next system-metrics sample: a resumed run goes on counting."""
+        steps = [e["step"] for e in self.events() if e["op"] == "metrics" and e.get("system")]
+        return max(steps) + 1 if steps else 0
 
     def tags(self, tags: dict[str, Any]) -> None:
         self.append("tags", tags={k: str(v) for k, v in tags.items()})
@@ -115,14 +125,15 @@ class Journal:
     def discard_after(self, step: int) -> int:
         """Drop the metric events of steps after ``step`` that no store has yet; return how
         many. A job killed between an epoch's event and its checkpoint retrains that epoch
-        on resume: its first, uncommitted event must not reach MLflow beside the second."""
-        with self._lock:
+        on resume: its first, uncommitted event must not reach MLflow beside the second.
+        System samples stay: the machine was busy all the same."""
+        with self._lock, _APPENDING:
             events = self.events()
             path = self.dir / "state.json"
             stores = read_json(path) if path.is_file() else {}
             sent = max((s["sent"] for s in stores.values()), default=0)
             tail = events[sent:]
-            keep = [e for e in tail if not (e["op"] == "metrics" and e.get("step", 0) > step)]
+            keep = [e for e in tail if not _epoch_metrics_after(e, step)]
             if len(keep) == len(tail):
                 return 0
             lines = [json.dumps(e, allow_nan=True) for e in events[:sent] + keep]
@@ -200,6 +211,11 @@ class Journal:
         else:
             note_success(uri)
         return len(events) - state["sent"]
+
+
+def _epoch_metrics_after(event: dict, step: int) -> bool:
+    """Whether ``event`` holds metrics of an epoch after ``step`` (not system samples)."""
+    return event["op"] == "metrics" and not event.get("system") and event.get("step", 0) > step
 
 
 def current_journal(folder: str | Path) -> Journal | None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from adseg.log import logger
+from adseg.tracking import registry
 from adseg.tracking.journal import JOURNALS, Journal, current_journal, sync
 from adseg.tracking.runs import never_fails, report_pending
 from adseg.tracking.settings import tracking_config
@@ -70,30 +71,41 @@ def log_summary(
     config: dict,
     parent_metrics: Callable[[str], dict[str, float]] | None = None,
     files: tuple[str, ...] = ("summary.md", "summary.tsv", "tests.tsv"),
+    register: bool | None = None,
 ) -> None:
     """Each scheme's parent run: pooled statistics, fold spread, p-values and the summary files.
 
     Sends first whatever the experiment's fold runs still hold. ``exp_dir`` holds the
     summary ``files`` and a folder per scheme; ``parent_metrics(scheme)`` gives a parent's
-    metrics (default: from the scheme table's summary.tsv and tests.tsv).
+    metrics (default: from the scheme table's summary.tsv and tests.tsv). ``register``: each
+    scheme's fold ensemble becomes a registered model version (:mod:`adseg.tracking.registry`);
+    default: for the scheme table (no ``parent_metrics`` given), whose schemes predict uses.
     """
     from adseg.preprocessing.qc import read_tsv
 
     exp_dir = Path(exp_dir)
     sync([Path(f).parent for f in metric_files])
+    register = parent_metrics is None if register is None else register
+    stats = read_tsv(exp_dir / "summary.tsv") if register or parent_metrics is None else []
     if parent_metrics is None:
-        stats = read_tsv(exp_dir / "summary.tsv")
         tests = read_tsv(exp_dir / "tests.tsv")
 
         def parent_metrics(scheme: str) -> dict[str, float]:
             return _parent_metrics(scheme, stats, tests)
 
     parents: dict[str, dict] = {}
+    found: dict[str, dict[int, list[Path]]] = {}
     for f in metric_files:
         fold_journal = current_journal(Path(f).parent)
         if fold_journal is not None:
             ref = fold_journal.ref["parent"]
             parents.setdefault(ref["scheme"], ref)
+            # a learning-curve share's models (train.fraction < 1) are no scheme's model
+            if ref["config_hash"] == parents[ref["scheme"]]["config_hash"] and _full_share(f):
+                by_fold = found.setdefault(ref["scheme"], {})
+                by_fold.setdefault(fold_journal.ref["fold"], []).append(Path(f).parent)
+    primary = config.get("evaluate", {}).get("primary", "lesion_ap")
+    plans = registry.plan(stats, primary, found) if register else {}
     for scheme, ref in parents.items():
         folder = exp_dir / scheme / JOURNALS / f"parent-{ref['config_hash']}"
         if (folder / "ref.json").is_file():
@@ -103,13 +115,26 @@ def log_summary(
         journal.config_artifact(tracking_config(config))
         step = journal.count_tag("adseg.summaries") + 1
         journal.tags({"adseg.summaries": step})
-        journal.metrics(parent_metrics(scheme), step=step)
+        values = parent_metrics(scheme)
+        journal.metrics(values, step=step)
         for name in files:
             journal.artifact(exp_dir / name, "summary")
         for plot in sorted((exp_dir / "plots").glob("*.png")):
             journal.artifact(plot, "summary/plots")
+        if scheme in plans:
+            registry.log_request(journal, plans[scheme], values)
         journal.status("FINISHED")
         report_pending(journal.flush(force=True), journal)
+        if scheme in plans:
+            registry.try_register(journal)
+
+
+def _full_share(metric_file: str | Path) -> bool:
+    """Whether the fold beside ``metric_file`` was trained on all its training patients."""
+    from adseg.io import read_json
+
+    spec = Path(metric_file).parent / "model.json"
+    return not spec.is_file() or read_json(spec).get("train_fraction", 1.0) >= 1
 
 
 def adda_parent_metrics(exp_dir: Path, model: str) -> dict[str, float]:

@@ -12,6 +12,7 @@ from adseg.log import logger
 from adseg.tracking.journal import JOURNALS, Journal, current_journal, journals_under, set_current
 from adseg.tracking.settings import EPOCH_METRICS, parent_ref, tracking_config
 from adseg.tracking.store import short_error
+from adseg.tracking.system import SystemMetrics
 
 
 def new_fold_journal(
@@ -63,7 +64,8 @@ def never_fails(method):
 
 class FoldRun:
     """The MLflow run of one trained fold; :func:`adseg.training.segmentation.train_fold` calls
-    its hooks.
+    its hooks. From :meth:`start` to :meth:`finish` or :meth:`fail` it samples the machine
+    (:mod:`adseg.tracking.system`) unless ``mlflow.system_metrics`` is off.
 
     No hook raises: a tracking failure is reported and training goes on.
     """
@@ -73,6 +75,7 @@ class FoldRun:
         self.journal: Journal | None = None
         self.epochs_logged = 0
         self.committed = 0  # the last epoch whose checkpoint is on disk
+        self.system: SystemMetrics | None = None
 
     @never_fails
     def start(self, job, resumed_after: int | None, device, splits: Path) -> None:
@@ -99,6 +102,21 @@ class FoldRun:
             self.journal = self._new(job, parent, device, splits)
         for old in journals_under(folder):
             old.flush(force=old.dir == self.journal.dir)  # also what earlier commands left
+        self._watch_system()
+
+    def _watch_system(self) -> None:
+        """Sample the machine into the run (``mlflow.system_metrics``) until it ends."""
+        settings = self.config["mlflow"]
+        if self.system is not None:
+            self.system.stop()
+        if settings.get("system_metrics", True):
+            self.system = SystemMetrics(self.journal, settings.get("system_metrics_interval", 10))
+            self.system.start()
+
+    def _stop_system(self) -> None:
+        if self.system is not None:
+            self.system.stop()
+            self.system = None
 
     def _new(self, job, parent: dict, device, splits: Path) -> Journal:
         dataset = read_json(job.preprocessed / "dataset.json")["cases"]
@@ -112,6 +130,8 @@ class FoldRun:
         }
         several = len(self.config["train"].get("seeds") or []) > 1  # the workflow's seeds
         name = f"{job.name} fold {job.fold}" + (f" seed {seed}" if several else "")
+        if spec.get("train_fraction", 1.0) < 1:  # a learning-curve share
+            name += f" ({100 * spec['train_fraction']:g} % training patients)"
         journal = new_fold_journal(
             self.config, job.name, job.fold, Path(job.out), tags, parent, name
         )
@@ -162,6 +182,7 @@ class FoldRun:
         """The model folder and its figures as artifacts; the run FINISHED."""
         if self.journal is None:
             return
+        self._stop_system()
         # a finished run resumed with nothing left to train already has all of this
         if self.epochs_logged or self.journal.last_status() != "FINISHED":
             out = Path(self.journal.ref["tags"]["adseg.model_dir"])
@@ -184,6 +205,7 @@ class FoldRun:
         """The run FAILED (divergence, an error) or KILLED (interrupted, terminated)."""
         if self.journal is None:
             return
+        self._stop_system()
         out = Path(self.journal.ref["tags"]["adseg.model_dir"])
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
         # an epoch that died before its checkpoint is trained again on resume: not logged now

@@ -1,6 +1,5 @@
 """The MLflow stores: one client per tracking URI (made once per process), the lock that
-orders creations in it, and how long this process waits for a store that failed. The only
-module that imports mlflow."""
+orders creations in it, and how long this process waits for a store that failed."""
 
 from __future__ import annotations
 
