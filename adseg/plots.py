@@ -212,6 +212,11 @@ def adda_curves(history: list[dict], path: Path, title: str, d_loss: str | None 
     panel_curves(history, path, title, adda_panels(d_loss))
 
 
+def scheme_colour(scheme: str) -> str:
+    """A scheme's colour, the same in every figure: that of its place in :data:`SCHEMES`."""
+    return f"C{list(SCHEMES).index(scheme) % 10}"
+
+
 def _runs_panel(ax: plt.Axes, runs: list[dict], key: str, title: str, ylabel: str) -> bool:
     """Every run's ``key`` per epoch on ``ax``, one colour and one key entry per scheme (the
     colour of its place in :data:`SCHEMES`, the same in every such figure); False if no run
@@ -226,7 +231,7 @@ def _runs_panel(ax: plt.Axes, runs: list[dict], key: str, title: str, ylabel: st
         n = counts[s]
         label = "_nolegend_" if s in named else f"{s} ({n} run{'s' * (n > 1)})"
         named.add(s)
-        colour = f"C{list(SCHEMES).index(s) % 10}"
+        colour = scheme_colour(s)
         marker = "o" if key.startswith("val") or len(x) == 1 else None
         ax.plot(x, y, color=colour, lw=1.0, alpha=0.8, marker=marker, ms=3, label=label)
     ax.set_title(title, fontsize=10)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from adseg.evaluation.html import write_html_twin
 from adseg.evaluation.statistics import (
     DERIVED,
     KOHL_METRICS,
@@ -98,6 +99,7 @@ def summarize_adda(
     path = out / "summary.md"
     text = _markdown(stats, tests, aucs, labels, models, domains, folds, source, target, title)
     write_text(path, text)
+    write_html_twin(path)  # for the Snakemake report
     return path
 
 

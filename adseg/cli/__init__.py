@@ -28,6 +28,7 @@ ORDER = (
     "train",
     "evaluate",
     "summarize",
+    "learning-curve",
     "adda",
     "adda-summary",
     "predict",

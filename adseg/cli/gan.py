@@ -156,7 +156,7 @@ def _summary(args) -> None:
     config = load_config_for_command(args.config, settings=args.set)
     title = f"{config['experiment']}: GAN synthesis and translation"
     results = [*args.synthesis, *args.translation]
-    writes = ("summary.md", "summary.tsv", "tests.tsv", "synthesis.tsv")
+    writes = ("summary.md", "summary.html", "summary.tsv", "tests.tsv", "synthesis.tsv")
     with check_study(args.out, "gan summary", results, writes, args):
         path = summarize_gan(args.synthesis, args.translation, args.out, title)
     print(path.read_text())

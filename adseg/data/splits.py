@@ -88,7 +88,7 @@ def make_splits(
         )
     strata: dict[tuple, list[str]] = defaultdict(list)
     for patient, visits in sorted(by_patient.items()):
-        strata[_stratum(visits, stratify)].append(patient)
+        strata[stratum(visits, stratify)].append(patient)
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
     per_stratum = defaultdict(Counter)
@@ -135,7 +135,7 @@ def add_inner_splits(
         k = min(max(1, round(fraction * len(patients))), len(patients) - 1)
         strata: dict[tuple, list[str]] = defaultdict(list)
         for patient in patients:
-            strata[_stratum(by_patient[patient], stratify)].append(patient)
+            strata[stratum(by_patient[patient], stratify)].append(patient)
         keys = sorted(strata)
         share = [k * len(strata[key]) / len(patients) for key in keys]
         take = [int(x) for x in share]
@@ -193,7 +193,7 @@ def fold_cases(splits: dict, fold: int, cases: list[CaseMeta], source: str = "sp
     }
 
 
-def _stratum(visits: list[CaseMeta], stratify) -> tuple:
+def stratum(visits: list[CaseMeta], stratify) -> tuple:
     key = []
     if "lesion" in stratify:
         key.append(any(v.positive for v in visits))

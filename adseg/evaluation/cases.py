@@ -17,8 +17,9 @@ import SimpleITK as sitk
 import torch
 
 from adseg.data.cohort import read_channel, read_label
+from adseg.evaluation.calibration import BIN_COLUMNS, write_bins
 from adseg.evaluation.detection import detection_label, save_detection_inputs
-from adseg.evaluation.metrics import METRICS, case_metrics, gland_mask
+from adseg.evaluation.metrics import METRICS, calibration_bins, case_metrics, gland_mask
 from adseg.geometry import Grid
 from adseg.inference.modelfolder import read_fold
 from adseg.inference.sliding import (
@@ -45,6 +46,7 @@ def evaluate_fold(
     show_progress: bool = True,
     overlays: str | Path | None = None,
     detection: str | Path | None = None,
+    reliability: str | Path | None = None,
 ) -> list[dict]:
     """Metrics of every held-out case of one trained fold, one row per (case, foreground label).
 
@@ -58,6 +60,9 @@ def evaluate_fold(
             original grid (:func:`adseg.evaluation.detection.save_detection_inputs`), the
             input of the cohort's PI-CAI detection metrics, or None. Written as a whole: it
             replaces the folder of an earlier evaluation once every case is in it.
+        reliability: a TSV of each case's probability bins per foreground label, those its
+            ECE is computed from (:func:`adseg.evaluation.metrics.calibration_bins`; columns
+            :data:`RELIABILITY_COLUMNS`), or None.
     """
     preprocessed = Path(preprocessed)
     model = read_fold(fold_dir)
@@ -73,7 +78,7 @@ def evaluate_fold(
     lesion = detection_label(spec["labels"]) if detection is not None else None
     if detection is not None and lesion is None:
         logger.warning("no lesion label in %s: no detection inputs written", list(spec["labels"]))
-    rows = []
+    rows, bins = [], []
     masks = {}
     keep = atomic_dir(detection) if lesion is not None else contextlib.nullcontext()
     with keep as detection_dir:
@@ -102,12 +107,20 @@ def evaluate_fold(
                 ids | r
                 for r in label_rows(truth, pred, prob, spec["labels"], spacing_zyx, min_overlap)
             ]
+            bins += [
+                ids | {"label": label} | b
+                for label, value in sorted(spec["labels"].items(), key=lambda kv: kv[1])
+                if value != 0
+                for b in calibration_bins(truth == value, prob[value])
+            ]
             if detection_dir is not None:
                 value = spec["labels"][lesion]
                 save_detection_inputs(
                     detection_dir, case_id, meta["patient_id"], prob[value], truth == value, lesion
                 )
             logger.debug("%s evaluated in %.1f s", case_id, time.perf_counter() - t0)
+    if reliability is not None:
+        write_bins(reliability, bins, RELIABILITY_COLUMNS)
     if overlays is not None and rows:
         try:
             write_overlays(rows, masks, originals, Path(overlays), spec)
@@ -176,3 +189,4 @@ def write_overlays(rows, masks, originals, folder: Path, spec: dict) -> list[Pat
 
 
 METRIC_COLUMNS = ID_COLUMNS + METRICS
+RELIABILITY_COLUMNS = ID_COLUMNS + BIN_COLUMNS

@@ -22,7 +22,9 @@ Conventions (many patients have no lesion, so these decide the table):
 - Calibration of the label's probability map p against the expert one-hot y, over every voxel
   of the original grid: Brier score mean((p - y)^2) and expected calibration error (MONAI's
   ``CalibrationErrorMetric``, :data:`ECE_BINS` equal-width bins over [0, 1], bins weighted by
-  their voxel counts). Both are defined for empty masks too; NaN when no map is given.
+  their voxel counts). Both are defined for empty masks too; NaN when no map is given. The
+  bins themselves (:func:`calibration_bins`, MONAI's ``calibration_binning``, which the metric
+  uses) are what a reliability diagram draws (:mod:`adseg.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import warnings
 
 import numpy as np
 import torch
-from monai.metrics import CalibrationErrorMetric, compute_hausdorff_distance
+from monai.metrics import CalibrationErrorMetric, calibration_binning, compute_hausdorff_distance
 from scipy import ndimage
 
 METRICS = (
@@ -146,6 +148,38 @@ def ece(truth: np.ndarray, prob: np.ndarray, bins: int = ECE_BINS) -> float:
         for m in (prob, truth)
     )
     return float(metric(y_pred=p, y=y).item())
+
+
+def calibration_bins(truth: np.ndarray, prob: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """The bins :func:`ece` is computed from, as counts and sums that pool by adding.
+
+    One dict per bin ``k`` of [k/bins, (k+1)/bins) (p = 1 in the last): ``voxels``, the sum of
+    their probabilities ``prob_sum`` and the expert's voxels among them ``positives``. Binned
+    by MONAI's ``calibration_binning``, the function ``CalibrationErrorMetric`` uses, so the
+    bins give the metric's ECE (:func:`adseg.evaluation.calibration.bins_ece`); counts are
+    exact below 2**24 voxels, as the metric's.
+
+    Args:
+        truth: the label's expert mask, any shape.
+        prob: the label's probabilities, the same shape.
+    """
+    p, y = (
+        torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+        for m in (prob, truth)
+    )
+    mean_p, mean_y, counts = (t[0, 0].double().numpy() for t in calibration_binning(p, y, bins))
+    return [
+        {
+            "bin": k,
+            "p_low": k / bins,
+            "p_high": (k + 1) / bins,
+            "voxels": int(n),
+            # MONAI gives means (NaN in an empty bin); back to the sums they came from
+            "prob_sum": float(mean_p[k] * n) if n else 0.0,
+            "positives": int(round(mean_y[k] * n)) if n else 0,
+        }
+        for k, n in enumerate(counts)
+    ]
 
 
 def case_metrics(

@@ -81,9 +81,11 @@ def markdown(
     main,
     draws,
     training: list[dict] | None = None,
+    reliability: bool = False,
 ) -> str:
     """The whole summary.md; ``training``: the rows of
-    :func:`adseg.evaluation.convergence.by_scheme` (none: the section is left out)."""
+    :func:`adseg.evaluation.convergence.by_scheme` (none: the section is left out);
+    ``reliability``: plots/reliability.png was drawn."""
     get = {(s["label"], s["scheme"], s["metric"], str(s["fold"])): s for s in stats}
     level = f"{CI_LEVEL:.0%}"
     seed_text = (
@@ -140,8 +142,14 @@ def markdown(
         "lesion_detection = detected / expert lesions per patient; lesion_fp = false "
         "positive components per patient; patient specificity = lesion-free patients with "
         "nothing predicted.",
-        "",
     ]
+    if reliability:
+        lines.append(
+            "ECE and Brier: calibration of each label's probabilities over every voxel of a "
+            "case; plots/reliability.png draws the ECE's bins pooled over each scheme's cases, "
+            "folds and seeds (reliability.tsv), with the pooled ECE in its key."
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

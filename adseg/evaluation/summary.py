@@ -20,12 +20,15 @@ inputs evaluation wrote beside them:
   (:mod:`adseg.evaluation.convergence`; left out where there are none): per scheme, the
   inner-validation Dice of the last two validation epochs, and D's loss beside its chance level
   and σ(D(real)) − σ(D(fake)) over the last epochs;
-- a box plot per metric.
+- a box plot per metric;
+- a reliability diagram: each scheme's probability bins pooled over its cases, folds and seeds
+  (:mod:`adseg.evaluation.calibration`; left out where evaluation wrote none).
 
-Written as ``summary.md`` (for people), ``summary.tsv``, ``tests.tsv`` and ``training.tsv``
+Written as ``summary.md`` (for people), ``summary.tsv``, ``tests.tsv``, ``training.tsv``
 (one row per trained run: epochs, last two validation Dice, D's loss and score gap; for
-programs), ``plots/<label>_<metric>.png`` and ``plots/training_curves.png``. How intervals are
-drawn: :mod:`adseg.evaluation.endpoints`.
+programs) and ``reliability.tsv`` (the pooled bins), ``plots/<label>_<metric>.png``,
+``plots/training_curves.png`` and ``plots/reliability.png``. How intervals are drawn:
+:mod:`adseg.evaluation.endpoints`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import itertools
 import math
 from pathlib import Path
 
+from adseg.evaluation.calibration import write_reliability
 from adseg.evaluation.convergence import write_training
 from adseg.evaluation.endpoints import (
     COHORT_DRAWS,
@@ -46,6 +50,7 @@ from adseg.evaluation.endpoints import (
     seed_std,
     with_holm,
 )
+from adseg.evaluation.html import write_html_twin
 from adseg.evaluation.report import markdown
 from adseg.evaluation.statistics import (
     BOOTSTRAP_DRAWS,
@@ -100,8 +105,9 @@ def summarize(
     primary: str = "lesion_ap",
     draws: int = BOOTSTRAP_DRAWS,
 ) -> Path:
-    """Write summary.md, summary.tsv, tests.tsv, training.tsv and the plots into ``out``;
-    return summary.md. The training logs are read from each metrics file's folder.
+    """Write summary.md (and its HTML twin), summary.tsv, tests.tsv, training.tsv,
+    reliability.tsv and the plots into ``out``; return summary.md. The training logs and
+    probability bins are read from each metrics file's folder.
 
     ``primary``: the declared primary endpoint, a per-patient metric (:data:`DERIVED`) or a
     cohort one (:data:`adseg.evaluation.endpoints.COHORT_METRICS`, which needs the detection
@@ -177,6 +183,7 @@ def summarize(
     write_tsv(out / "summary.tsv", stats, STAT_COLUMNS)
     write_tsv(out / "tests.tsv", tests, TEST_COLUMNS)
     training = write_training(metric_files, out)
+    reliability = write_reliability(metric_files, out, schemes)
     path = out / "summary.md"
     text = markdown(
         stats,
@@ -191,8 +198,10 @@ def summarize(
         main,
         draws,
         training,
+        reliability,
     )
     write_text(path, text)
+    write_html_twin(path)  # for the Snakemake report
     return path
 
 

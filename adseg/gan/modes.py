@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adseg.evaluation.html import write_html_twin
 from adseg.gan.toy import ToySettings, train_toy
 from adseg.io import read_json, write_json, write_text, write_tsv
 from adseg.log import logger, progress
@@ -222,6 +223,7 @@ def summarize_modes(out: str | Path, losses: list[str] | None = None) -> Path:
     mode_panels(panels, out / "modes.png", "final samples, first seed")
     path = out / "modes.md"
     write_text(path, modes_markdown(results))
+    write_html_twin(path)  # for the Snakemake report
     return path
 
 

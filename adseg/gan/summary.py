@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adseg.evaluation.html import write_html_twin
 from adseg.evaluation.statistics import cell, describe, number, paired_test
 from adseg.io import read_json, write_text, write_tsv
 from adseg.plots import box_plot
@@ -177,6 +178,7 @@ def summarize_gan(
     write_tsv(out / "synthesis.tsv", synth, SYNTHESIS_COLUMNS)
     write_tsv(out / "summary.tsv", stats, STAT_COLUMNS)
     write_tsv(out / "tests.tsv", tests, TEST_COLUMNS)
+    (out / "plots").mkdir(parents=True, exist_ok=True)  # the translation's box plots, if any
     if rows:
         patients = per_patient(rows)
         for metric, label in TRANSLATION_METRICS.items():
@@ -186,6 +188,7 @@ def summarize_gan(
             )
     path = out / "summary.md"
     write_text(path, _markdown(title, synth, stats, tests, models))
+    write_html_twin(path)  # for the Snakemake report
     return path
 
 

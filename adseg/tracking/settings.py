@@ -42,10 +42,17 @@ EPOCH_METRICS = {
 
 
 def tracking_config(config: dict) -> dict:
-    """The config runs are tracked under: the workflow's (see :data:`ENV_CONFIG`), else
-    ``config``."""
+    """The config runs are tracked under: the workflow's (see :data:`ENV_CONFIG`) with the
+    job's own share of training patients (``train.fraction``), else ``config``."""
     raw = os.environ.get(ENV_CONFIG)
-    return json.loads(raw) if raw else config
+    if not raw:
+        return config
+    workflow = json.loads(raw)
+    # a learning-curve job's share of training patients is its own (a parent per share)
+    fraction = config.get("train", {}).get("fraction", 1.0)
+    if fraction < 1:
+        workflow.setdefault("train", {})["fraction"] = fraction
+    return workflow
 
 
 def enabled(config: dict) -> bool:
@@ -92,7 +99,11 @@ def model_settings(config: dict, scheme: str) -> dict:
             "gan": job_settings(config, task, name)
         }
     out = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("mlflow", "evaluate")}
+    # which schemes and training shares the workflow runs is not a model's setting
     out.pop("schemes", None)
+    out.pop("learning_curve", None)
+    if out.get("train", {}).get("fraction", 1) >= 1:  # the full share: as before shares existed
+        out["train"].pop("fraction", None)
     # a scheme's runs of every training seed share its parent; each child is tagged its seed
     for key in ("seed", "seeds"):
         out.get("train", {}).pop(key, None)
@@ -180,7 +191,13 @@ def parent_ref(config: dict, scheme: str) -> dict:
         "experiment": config["experiment"],
         "scheme": scheme,
         "config_hash": settings_hash(settings),
-        "run_name": scheme,
+        "run_name": _run_name(config, scheme),
         "params": flatten(settings) | {"scheme": scheme},
         "tags": _common_tags(config, scheme),
     }
+
+
+def _run_name(config: dict, scheme: str) -> str:
+    """A parent's name: the scheme, and the share of training patients below the full one."""
+    fraction = config.get("train", {}).get("fraction", 1)
+    return scheme if fraction >= 1 else f"{scheme} ({100 * fraction:g} % training patients)"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from adseg.data.shares import training_share
 from adseg.data.splits import case_meta_from_dataset, fold_cases
 from adseg.io import read_json
 from adseg.preprocessing.case import Plan
@@ -201,9 +202,14 @@ def check_job(
             )
     dataset = read_json(preprocessed / "dataset.json")
     plan = Plan.from_dict(read_json(preprocessed / "plans.json"))
-    entry = fold_cases(splits, fold, case_meta_from_dataset(dataset), "splits")
+    metas = case_meta_from_dataset(dataset)
+    entry = fold_cases(splits, fold, metas, "splits")
     if domains:
         entry = _of_domains(entry, dataset, domains, fold)
+    fraction = config["train"].get("fraction", 1.0)
+    if fraction < 1:
+        c = config["folds"]
+        entry = training_share(entry, metas, fraction, c["seed"], c["stratify"])
     # a fitted rule uses no network of train.network's (pointwise, it fits any patch)
     rule = SCHEMES[scheme].fitted == "rule"
     problems = [] if rule else _network_problems(config, scheme)
@@ -220,6 +226,8 @@ def check_job(
         spec["class_weights"] = frequency_weights(labels, len(plan.labels))
     if domains:
         spec["domains"] = sorted(domains)
+    if fraction < 1:
+        spec["train_fraction"] = fraction
     return TrainJob(config, scheme, fold, preprocessed, out, plan, spec, name or scheme)
 
 

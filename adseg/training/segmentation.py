@@ -267,6 +267,8 @@ def _rule_records(job: TrainJob, fit: RuleFit, lesion: str) -> dict:
     write_tsv(job.out / "threshold_fit.tsv", rule["channels"], columns)
     trace = [r | {"channel": names[r["channel"]]} if "channel" in r else r for r in fit.trace]
     write_tsv(job.out / engine.LOG, trace, RULE_LOG_COLUMNS)
+    title = f"{job.name} fold {job.fold}: rule fitted"
+    fit_figure(trace, fit.min_component_voxels, job.out / "learning_curves.png", title)
     return {
         **job.spec,
         "format": FORMAT,
@@ -279,3 +281,38 @@ def _rule_records(job: TrainJob, fit: RuleFit, lesion: str) -> dict:
         "rule": rule,
         "postprocess": {"min_component_voxels": fit.min_component_voxels, "label": lesion},
     }
+
+
+def fit_figure(trace: list[dict], chosen: int, path: Path, title: str) -> None:
+    """``learning_curves.png`` of a rule (what a network's curves are to its training): the
+    pooled training Dice after each accepted move of the search, and the inner-validation
+    Dice of each least component size, the chosen one marked."""
+    import matplotlib.pyplot as plt
+
+    from adseg.plots import save
+
+    moves = [r for r in trace if r["step"] != "min size"]
+    sizes = [r for r in trace if r["step"] == "min size"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(range(len(moves)), [r["train_dice"] for r in moves], "o-", color="C0")
+    left.set_xticks(
+        range(len(moves)),
+        [f"{r['step']}\n{r['channel']}" for r in moves],
+        fontsize=7,
+    )
+    left.set(title="threshold search (training patients)", ylabel="pooled Dice")
+    x = [r["min_component_voxels"] for r in sizes]
+    right.plot(x, [r["val_dice"] for r in sizes], "o-", color="C1")
+    if chosen in x:
+        right.axvline(chosen, color="0.5", ls="--", lw=1, label=f"chosen: {chosen} voxels")
+        right.legend(fontsize=8, frameon=False)
+    right.set_xscale("symlog", linthresh=1)
+    right.set(
+        title="least lesion size (inner validation)",
+        xlabel="least component (voxels)",
+        ylabel="pooled Dice",
+    )
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    save(fig, path)

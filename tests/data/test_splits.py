@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from adseg.data.shares import training_share
 from adseg.data.splits import (
     CaseMeta,
     add_inner_splits,
@@ -218,3 +219,36 @@ def test_a_broken_inner_split_is_reported():
         validate_splits(splits, cases)
     assert "fold 0: inner_train and inner_val must split the fold's training" in str(err.value)
     assert moved not in fold["inner_val"]
+
+
+def test_training_shares_are_nested_stratified_seeded_and_leave_validation_and_test_whole():
+    cases = cohort(60)
+    splits = make_splits(cases, n_folds=3, seed=2)
+    meta = {c.case_id: c for c in cases}
+    for fold in range(3):
+        entry = fold_cases(splits, fold, cases)
+        patients = {meta[c].patient_id for c in entry["train"]}
+        kept = {}
+        for fraction in (0.25, 0.5, 0.75):
+            share = training_share(entry, cases, fraction, seed=0)
+            assert share["val"] == entry["val"] and share["test"] == entry["test"]
+            chosen = {meta[c].patient_id for c in share["train"]}
+            assert len(chosen) == -(-len(patients) * fraction // 1)  # ceil
+            # every visit of a chosen patient comes along
+            assert share["train"] == [c for c in entry["train"] if meta[c].patient_id in chosen]
+            # positives and domains in proportion (within one patient of it)
+            for key in (lambda c: c.positive, lambda c: c.domain):
+                whole = Counter(key(meta[c]) for c in entry["train"] if meta[c].case_id[-1] == "1")
+                part = Counter(key(meta[c]) for c in share["train"] if meta[c].case_id[-1] == "1")
+                for k, n in whole.items():
+                    assert abs(part[k] - n * len(chosen) / len(patients)) <= 1.5, (k, part, whole)
+            kept[fraction] = chosen
+        assert kept[0.25] <= kept[0.5] <= kept[0.75]
+        again = training_share(entry, cases, 0.5, seed=0)
+        assert {meta[c].patient_id for c in again["train"]} == kept[0.5]
+    other = training_share(fold_cases(splits, 0, cases), cases, 0.5, seed=1)
+    first = training_share(fold_cases(splits, 0, cases), cases, 0.5, seed=0)
+    assert other["train"] != first["train"]
+    assert training_share(entry, cases, 1.0, seed=0) is entry
+    tiny = training_share(entry, cases, 0.01, seed=0)
+    assert len({meta[c].patient_id for c in tiny["train"]}) == 1

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from adseg.evaluation.cases import METRIC_COLUMNS, evaluate_fold, label_rows
+from adseg.evaluation.calibration import bins_ece
+from adseg.evaluation.cases import (
+    METRIC_COLUMNS,
+    RELIABILITY_COLUMNS,
+    evaluate_fold,
+    label_rows,
+)
 from adseg.evaluation.detection import load_detection_inputs
+from adseg.evaluation.metrics import ECE_BINS
 from adseg.io import read_json
 from adseg.preprocessing.qc import read_tsv
 from adseg.training.segmentation import train_fold
@@ -38,9 +45,13 @@ def trained_fold(tiny_experiment, tmp_path_factory):
 def test_every_held_out_case_is_evaluated_on_its_original_grid(
     tiny_experiment, trained_fold, tmp_path
 ):
-    detection = tmp_path / "detection"
+    detection, reliability = tmp_path / "detection", tmp_path / "reliability.tsv"
     rows = evaluate_fold(
-        trained_fold, tiny_experiment["preprocessed"], show_progress=False, detection=detection
+        trained_fold,
+        tiny_experiment["preprocessed"],
+        show_progress=False,
+        detection=detection,
+        reliability=reliability,
     )
     val_cases = read_json(tiny_experiment["splits"])["folds"][1]["val"]
     assert sorted(r["case_id"] for r in rows) == sorted(val_cases)
@@ -68,6 +79,17 @@ def test_every_held_out_case_is_evaluated_on_its_original_grid(
         row = next(r for r in rows if r["case_id"] == case_id)
         # the stored map is the one the row's Brier score was computed from
         assert np.mean((prob - truth) ** 2) == pytest.approx(row["brier"], abs=1e-3)
+    # the probability bins of each case: every voxel of its original grid, once; its ECE
+    bins = read_tsv(reliability)
+    assert list(bins[0]) == list(RELIABILITY_COLUMNS)
+    for row in rows:
+        raw = sitk.ReadImage(str(tiny_experiment["raw"] / "labelsTr" / f"{row['case_id']}.nii.gz"))
+        mine = [b for b in bins if (b["case_id"], b["label"]) == (row["case_id"], row["label"])]
+        assert [int(b["bin"]) for b in mine] == list(range(ECE_BINS))
+        assert sum(int(b["voxels"]) for b in mine) == raw.GetNumberOfPixels()
+        lesion = np.count_nonzero(sitk.GetArrayViewFromImage(raw) == 1)
+        assert sum(int(b["positives"]) for b in mine) == lesion
+        assert bins_ece(mine) == pytest.approx(row["ece"], abs=1e-6)
 
 
 def test_evaluate_cli_writes_the_metrics_tsv(tiny_experiment, trained_fold, tmp_path):
@@ -93,6 +115,9 @@ def test_evaluate_cli_writes_the_metrics_tsv(tiny_experiment, trained_fold, tmp_
     assert run.returncode == 0, run.stderr
     rows = read_tsv(out)
     assert list(rows[0]) == list(METRIC_COLUMNS)
+    bins = read_tsv(tmp_path / "reliability.tsv")  # beside the metrics
+    assert list(bins[0]) == list(RELIABILITY_COLUMNS)
+    assert len(bins) == len(rows) * ECE_BINS
     missing = subprocess.run(
         [
             sys.executable,

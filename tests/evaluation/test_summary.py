@@ -396,3 +396,66 @@ def test_ds_chance_level_is_its_loss_on_scores_that_tell_nothing_apart():
                 assert got == pytest.approx(value), (loss, target)
     assert CHANCE["nonsaturating"][0] == pytest.approx(1.386, abs=1e-3)
     assert "lsgan" not in CHANCE and "wgan-gp" not in CHANCE
+
+
+# --- calibration: the reliability diagram ---------------------------------------------------
+
+
+def _with_bins(paths: list) -> None:
+    """Write reliability.tsv beside each metrics.tsv: the bins of each case's probabilities,
+    a scheme's a little less calibrated the later it is in SCHEMES."""
+    from adseg.evaluation.calibration import write_bins
+    from adseg.evaluation.cases import RELIABILITY_COLUMNS
+    from adseg.evaluation.metrics import calibration_bins
+
+    for path in paths:
+        bins = []
+        for i, row in enumerate(read_tsv(path)):
+            rng = np.random.default_rng(i)
+            prob = (rng.uniform(0, 1, (3, 10, 10)) ** 3).astype(np.float32)
+            shrink = 1 - 0.2 * list(SCHEMES).index(row["scheme"]) / len(SCHEMES)
+            truth = rng.uniform(0, 1, prob.shape) < prob * shrink
+            bins += [row | {"seed": 0} | b for b in calibration_bins(truth, prob)]
+        write_bins(path.parent / "reliability.tsv", bins, RELIABILITY_COLUMNS)
+
+
+def test_the_summary_draws_each_schemes_pooled_reliability(tmp_path):
+    from adseg.evaluation.calibration import bins_ece
+    from adseg.evaluation.metrics import ECE_BINS
+
+    paths = _model_folders(tmp_path)
+    _with_bins(paths)
+    exp = tmp_path / "exp"
+    text = summarize(paths, exp, "test", 0.5, "dice", 200).read_text()
+    assert "plots/reliability.png draws the ECE's bins pooled over each scheme's" in text
+    assert (exp / "plots" / "reliability.png").stat().st_size > 5000
+    pooled = read_tsv(exp / "reliability.tsv")
+    schemes = [s for s in SCHEMES if s in ("ce", "adversarial", "threshold")]
+    assert [(r["scheme"], r["bin"]) for r in pooled] == [
+        (s, str(k)) for s in schemes for k in range(ECE_BINS)
+    ]
+    for s in schemes:
+        mine = [r for r in pooled if r["scheme"] == s]
+        folds = [read_tsv(p.parent / "reliability.tsv") for p in paths if p.parts[-3] == s]
+        # 2 folds of 4 cases of 300 voxels: pooled by adding, nothing lost or counted twice
+        assert sum(int(r["voxels"]) for r in mine) == 2 * 4 * 300
+        assert [int(r["positives"]) for r in mine] == [
+            sum(int(b["positives"]) for f in folds for b in f if b["bin"] == r["bin"]) for r in mine
+        ]
+        sums = [
+            sum(float(b["prob_sum"]) for f in folds for b in f if b["bin"] == r["bin"])
+            for r in mine
+        ]
+        assert [float(r["prob_sum"]) for r in mine] == pytest.approx(sums, rel=1e-12)
+        by_hand = sum(abs(p - int(r["positives"])) for p, r in zip(sums, mine, strict=True))
+        by_hand /= 8 * 300
+        assert bins_ece(mine) == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_summaries_of_folds_evaluated_before_reliability_files_still_work(tmp_path):
+    paths = _model_folders(tmp_path)
+    exp = tmp_path / "exp"
+    text = summarize(paths, exp, "test", 0.5, "dice", 200).read_text()
+    assert "| cross-entropy |" in text and "reliability" not in text
+    assert read_tsv(exp / "reliability.tsv") == []
+    assert not (exp / "plots" / "reliability.png").exists()

@@ -10,6 +10,8 @@ import SimpleITK as sitk
 from conftest import assert_roles_disjoint, snakemake, with_msd_keys
 from mlflow.tracking import MlflowClient
 
+from adseg.preprocessing.qc import read_tsv
+
 
 @pytest.mark.slow
 def test_tiny_workflow_end_to_end(tmp_path):
@@ -81,6 +83,47 @@ def test_tiny_workflow_end_to_end(tmp_path):
     again = snakemake(*args, "--dry-run")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # the small-data study on top: the shares are trained, the full share is the run's own
+    curve_args = [*args[:3], "config/tiny.yaml", "config/learning-curve.yaml", *args[4:]]
+    curve = snakemake(*curve_args, env=env)
+    assert curve.returncode == 0, curve.stderr[-3000:]
+    assert "rule train:" in curve.stderr + curve.stdout
+    assert "run=fold_" not in curve.stdout + curve.stderr  # no full-share job again
+    schemes = ("ce", "adversarial", "hybrid", "threshold")
+    table = read_tsv(exp / "learning_curve" / "learning_curve.tsv")
+    assert {(r["scheme"], float(r["fraction"])) for r in table} == {
+        (s, f) for s in schemes for f in (0.25, 0.5, 1.0)
+    }
+    for scheme in schemes:
+        for fold in range(2):
+            specs = [
+                json.loads((exp / scheme / run / f"fold_{fold}" / "model.json").read_text())
+                for run in ("frac_25", "frac_50", ".")
+            ]
+            trains = [set(s["train_cases"]) for s in specs]
+            assert trains[0] <= trains[1] <= trains[2] and trains[0]  # nested shares
+            assert {json.dumps([s["val_cases"], s["test_cases"]]) for s in specs} == {
+                json.dumps([specs[2]["val_cases"], specs[2]["test_cases"]])
+            }
+            assert [s.get("train_fraction", 1.0) for s in specs] == [0.25, 0.5, 1.0]
+    assert (exp / "learning_curve" / "learning_curve.png").stat().st_size > 10_000
+    assert "| cross-entropy |" in (exp / "learning_curve" / "learning_curve.md").read_text()
+    # an MLflow parent per scheme and share, its folds nested in it
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    names = sorted(r.info.run_name for r in runs if r.data.tags["adseg.role"] == "parent")
+    assert "hybrid (25 % training patients)" in names and "hybrid" in names, names
+    assert len(names) == 3 * len(schemes), names
+
+    # the HTML report: one self-contained file with the tables and figures
+    report = tmp_path / "report.html"
+    made = snakemake(*curve_args, "--report", str(report), env=env)
+    assert made.returncode == 0, made.stderr[-3000:]
+    html = report.read_text()
+    for text in ("Primary endpoint", "Quality control", "Training curves", "Overlays"):
+        assert text in html, text
+    assert "learning curve" in html.lower()
+    assert 'src="http' not in html  # nothing to fetch: self-contained
 
 
 def test_workflow_rejects_unknown_config_keys():

@@ -108,10 +108,23 @@ rule adda_summarize:
         ),
     output:
         md=ADDA / "summary.md",
+        html=report(
+            ADDA / "summary.html",
+            caption="../report/adda.rst",
+            category="ADDA",
+            labels={"table": "ADDA study"},
+        ),
         tsv=ADDA / "summary.tsv",
         tests=ADDA / "tests.tsv",
         auc=ADDA / "domain_auc.tsv",
-        plots=directory(ADDA / "plots"),
+        plots=report(
+            directory(ADDA / "plots"),
+            patterns=["{figure}.png"],
+            caption="../report/adda.rst",
+            category="ADDA",
+            subcategory="Figures",
+            labels={"figure": "{figure}"},
+        ),
     log:
         LOGS / "adda_summarize.log",
     benchmark:

@@ -5,8 +5,11 @@ import re
 import shlex
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 from adseg.config import ENV_CONFIG as ADSEG_WORKFLOW_CONFIG
 from adseg.config import experiment_dir, resolve_config, without_result_neutral
+from adseg.data.shares import share_name
 from adseg.io import read_json
 from adseg.training.schemes import ADDA_MODELS, ADDA_VARIANTS, ADVERSARIAL_SCHEMES, SCHEMES
 from adseg.gan.settings import job_settings as gan_job_settings
@@ -70,6 +73,9 @@ def chosen_settings(*sections):
     # business, not a job's (adding a seed reruns no job of another)
     chosen.get("adda", {}).pop("enabled", None)
     chosen.get("train", {}).pop("seeds", None)
+    # the full share of training patients, as before the learning-curve study existed
+    if chosen.get("train", {}).get("fraction") == 1:
+        chosen["train"].pop("fraction")
     return chosen
 
 
@@ -81,6 +87,8 @@ def train_settings(wildcards):
         sections.append("adversarial")
     chosen = chosen_settings(*sections)
     chosen["train"]["seed"] = run_seed(wildcards.run)
+    if run_fraction(wildcards.run) < 1:
+        chosen["train"]["fraction"] = run_fraction(wildcards.run)
     return shlex.quote(json.dumps(chosen, sort_keys=True))
 
 
@@ -98,7 +106,10 @@ FOLDS = fold_numbers()
 # first seed is <scheme>/fold_<k> (the layout of a one-seed experiment), of another seed
 # <scheme>/seed_<s>/fold_<k>; `{run}` is that path below <scheme>/.
 SEEDS = config["train"]["seeds"] or [config["train"]["seed"]]
-RUN = r"(seed_\d+/)?fold_\d+"
+# The learning-curve study (learning_curve.fractions) trains the first seed again on shares of
+# each fold's training patients: <scheme>/frac_<percent>/fold_<k>.
+FRACTIONS = config["learning_curve"]["fractions"]
+RUN = r"(seed_\d+/|frac_\d+/)?fold_\d+"
 
 
 def run_path(seed, fold):
@@ -106,6 +117,19 @@ def run_path(seed, fold):
 
 
 RUNS = [run_path(seed, fold) for seed in SEEDS for fold in FOLDS]
+SHARES = {share_name(f): f for f in sorted(FRACTIONS)}
+if len(SHARES) < len(FRACTIONS):
+    raise WorkflowError(
+        f"learning_curve.fractions {FRACTIONS}: two shares name the same folder "
+        f"({', '.join(SHARES)}); give shares that differ by at least 1 %"
+    )
+SHARE_RUNS = {name: [f"{name}/fold_{fold}" for fold in FOLDS] for name in SHARES}
+
+
+def run_fraction(run):
+    """The share of training patients of a run path (1 outside the learning-curve study)."""
+    found = re.match(r"(frac_\d+)/", run)
+    return SHARES[found.group(1)] if found else 1.0
 
 
 def run_seed(run):

@@ -6,7 +6,17 @@ rule evaluate:
         preprocessed=EXP / "preprocessed",
         cohort=cohort_files(),
     output:
-        EXP / "{scheme}" / "{run}" / "metrics.tsv",
+        metrics=EXP / "{scheme}" / "{run}" / "metrics.tsv",
+        # each case's probability bins: the reliability diagram's
+        reliability=EXP / "{scheme}" / "{run}" / "reliability.tsv",
+        overlays=report(
+            directory(EXP / "{scheme}" / "{run}" / "overlays"),
+            patterns=["{case}.png"],
+            caption="../report/overlays.rst",
+            category="Overlays",
+            subcategory="{scheme}",
+            labels={"scheme": "{scheme}", "run": "{run}", "case": "{case}"},
+        ),
     log:
         LOGS / "evaluate_{scheme}_{run}.log",
     benchmark:
@@ -26,7 +36,7 @@ rule evaluate:
         model=lambda w, input: Path(input.model).parent,
     shell:
         "python -m adseg evaluate {params.model} --preprocessed {input.preprocessed}"
-        " -o {output} --set {params.cfg} > {log} 2>&1"
+        " -o {output.metrics} --set {params.cfg} > {log} 2>&1"
 
 
 rule summarize:
@@ -34,10 +44,24 @@ rule summarize:
         expand(EXP / "{scheme}" / "{run}" / "metrics.tsv", scheme=config["schemes"], run=RUNS),
     output:
         md=EXP / "summary.md",
+        html=report(
+            EXP / "summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"table": "scheme comparison"},
+        ),
         tsv=EXP / "summary.tsv",
         tests=EXP / "tests.tsv",
         training=EXP / "training.tsv",
-        plots=directory(EXP / "plots"),
+        reliability=EXP / "reliability.tsv",
+        plots=report(
+            directory(EXP / "plots"),
+            patterns=["{figure}.png"],
+            caption="../report/figures.rst",
+            category="Summary",
+            subcategory="Figures",
+            labels={"figure": "{figure}"},
+        ),
     log:
         LOGS / "summarize.log",
     benchmark:

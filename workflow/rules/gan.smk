@@ -71,6 +71,20 @@ rule gan_summary:
         translation=gan_outputs("translation", "metrics.tsv"),
     output:
         md=GAN / "summary.md",
+        html=report(
+            GAN / "summary.html",
+            caption="../report/gan.rst",
+            category="GAN",
+            labels={"table": "synthesis and translation"},
+        ),
+        plots=report(
+            directory(GAN / "plots"),
+            patterns=["{figure}.png"],
+            caption="../report/gan.rst",
+            category="GAN",
+            subcategory="Figures",
+            labels={"figure": "{figure}"},
+        ),
         tsv=GAN / "summary.tsv",
         tests=GAN / "tests.tsv",
         synthesis=GAN / "synthesis.tsv",
@@ -121,9 +135,20 @@ rule gan_modes_summary:
         expand(GAN / "modes" / "{loss}" / "result.json", loss=GAN_CFG["modes"]["losses"]),
     output:
         GAN / "modes" / "modes.md",
+        report(
+            GAN / "modes" / "modes.html",
+            caption="../report/modes.rst",
+            category="GAN",
+            labels={"table": "mode coverage"},
+        ),
         GAN / "modes" / "modes.tsv",
         GAN / "modes" / "modes.jsonl",
-        GAN / "modes" / "modes.png",
+        report(
+            GAN / "modes" / "modes.png",
+            caption="../report/modes.rst",
+            category="GAN",
+            labels={"figure": "mode coverage"},
+        ),
     log:
         LOGS / "gan_modes_summary.log",
     conda:

@@ -5,7 +5,12 @@ rule qc:
         preprocessed=EXP / "preprocessed",
         cohort=[RAW] if SYNTHETIC else [],
     output:
-        directory(EXP / "qc"),
+        report(
+            directory(EXP / "qc"),
+            patterns=["{figure,[^/]+}.png", "cases/{case}.png"],
+            caption="../report/qc.rst",
+            category="Quality control",
+        ),
     log:
         LOGS / "qc.log",
     benchmark:

@@ -6,7 +6,14 @@ rule train:
         splits=EXP / "splits.json",
     output:
         # written last by `adseg train`: its presence marks a finished fold
-        EXP / "{scheme}" / "{run}" / "model.json",
+        model=EXP / "{scheme}" / "{run}" / "model.json",
+        curves=report(
+            EXP / "{scheme}" / "{run}" / "learning_curves.png",
+            caption="../report/training.rst",
+            category="Training curves",
+            subcategory="{scheme}",
+            labels={"scheme": "{scheme}", "run": "{run}"},
+        ),
     log:
         LOGS / "train_{scheme}_{run}.log",
     benchmark:
