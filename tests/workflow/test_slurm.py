@@ -199,7 +199,10 @@ def test_tiny_workflow_runs_as_slurm_jobs_logs_over_http_and_matches_a_local_run
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
     roles = sorted(r.data.tags["adseg.role"] for r in runs)
     assert roles == ["fold"] * models + ["parent"] * schemes
-    assert len(list((server.folder / "artifacts").rglob("checkpoint_final.pt"))) == models
+    uploaded = list((server.folder / "artifacts").rglob("checkpoint_final.pt"))
+    assert len([p for p in uploaded if p.parent.name == "model"]) == models  # the fold runs'
+    # and each scheme's fold ensemble on its parent, the registered version's source
+    assert len([p for p in uploaded if "ensemble" in p.parts]) == models
     # nothing waited in the fold jobs' journals: every event reached the server from the nodes
     journals, sent, pending = tracking.sync([exp])
     assert journals >= 6 and (sent, pending) == (0, 0)
