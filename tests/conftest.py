@@ -28,6 +28,25 @@ SIZE_ZYX = (6, 8, 8)
 SPACING_XYZ = (0.6, 0.6, 3.0)
 
 
+def rewrite_arrays(preprocessed: Path, case_ids: Sequence[str] | None = None) -> None:
+    """Write the training arrays of ``case_ids`` (default: every case) anew from their NIfTI
+    files, as preprocessing would: for tests that edit a preprocessed case. Read by nibabel
+    (SimpleITK reads a NaN voxel of a NIfTI file as 0)."""
+    from adseg.preprocessing import store
+
+    if case_ids is None:
+        case_ids = [p.name[: -len(".nii.gz")] for p in (preprocessed / "labelsTr").glob("*.nii.gz")]
+    for case_id in case_ids:
+        channels = sorted((preprocessed / "imagesTr").glob(f"{case_id}_????.nii.gz"))
+        label = preprocessed / "labelsTr" / f"{case_id}.nii.gz"
+        store.write_case(
+            preprocessed,
+            case_id,
+            [np.asarray(nib.load(p).dataobj).transpose() for p in channels],
+            np.asarray(nib.load(label).dataobj).transpose(),
+        )
+
+
 def write_sitk_file(
     path: str | Path,
     array: np.ndarray,

@@ -9,6 +9,8 @@ Output folder (written atomically as a whole, so it is complete or absent)::
       fingerprint.json      spacings, sizes, intensities, orientations; the chosen spacing
       qc.tsv                one row per case: geometry before/after, intensities, label volumes
       imagesTr/<case>_<c:04d>.nii.gz, labelsTr/<case>.nii.gz, properties/<case>.json
+      arrays/<case>_{image,label,fg}.npy   the same voxels for training to read in parts
+                            (:mod:`adseg.preprocessing.store`)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from adseg.geometry import Grid, obliquity_deg
 from adseg.guard import check_output, claim
 from adseg.io import atomic_dir, read_json, write_image, write_json, write_text
 from adseg.log import logger, parallel_map
+from adseg.preprocessing import store
 from adseg.preprocessing.case import (
     Plan,
     channel_index,
@@ -173,6 +176,12 @@ def preprocess_case(
         write_image(label_out, out / "labelsTr" / f"{case.case_id}.nii.gz")
         volumes, volume_warnings = _label_volumes(info, label_out, plan.labels)
         warnings += volume_warnings
+    store.write_case(
+        out,
+        case.case_id,
+        [sitk.GetArrayViewFromImage(image) for image in images],
+        None if label_out is None else sitk.GetArrayViewFromImage(label_out),
+    )
     if record["label_voxels_outside_crop"]:
         warnings.append(
             f"{record['label_voxels_outside_crop']} label voxels outside the non-zero crop"

@@ -1,8 +1,11 @@
 """Training data from a preprocessed folder: MONAI dictionaries, transforms and loaders.
 
-A case is ``{"image": [channel files], "label": file, "case_id": ...}``. Loading and padding
-are cached once per job (MONAI ``CacheDataset``); the random part (patch sampling, flips,
-intensity jitter) runs every epoch.
+A case is ``{"image": [channel files], "label": file, "case_id": ..., "preprocessed": ...}``.
+Training and validation read the case's arrays (:mod:`adseg.preprocessing.store`), memory
+mapped: a batch reads the pages of its patches and nothing stays in memory between draws,
+so a cohort of any size trains in bounded memory, and the operating system's page cache
+keeps a cohort that fits in RAM there. The random part (patch sampling, flips, intensity
+jitter) runs at every draw.
 
 For 2-D training the patches are one voxel thick across the *slice axis* (the coarsest axis
 of the preprocessed grid, usually z) and the singleton axis is squeezed away, so a 2-D
@@ -16,28 +19,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, ThreadDataLoader
+from monai.data import DataLoader, Dataset, ThreadDataLoader
 from monai.transforms import (
     Compose,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    FgBgToIndicesd,
-    LoadImaged,
     RandCropByPosNegLabeld,
     RandFlipd,
     Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    SpatialPadd,
+    SpatialPad,
     SqueezeDimd,
-    ToNumpyd,
 )
 from monai.transforms.utils import map_spatial_axes
 
 from adseg.io import read_json
+from adseg.preprocessing import store
 
-# where the cached part keeps each case's lesion / background voxel indices for the crop
+# where an opened case keeps its lesion / background voxel indices for the crop
 FG_INDICES, BG_INDICES = "label_fg_indices", "label_bg_indices"
+# and, when smaller than the patch, the padding before each axis and the padded shape
+PAD_BEFORE, PADDED_SHAPE = "pad_before", "padded_shape"
 
 
 def slice_axis(spacing: Sequence[float]) -> int:
@@ -63,7 +64,20 @@ def case_items(preprocessed: Path, case_ids: Sequence[str]) -> list[dict]:
         for path in [*images, label]:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing from the preprocessed folder")
-        items.append({"image": [str(p) for p in images], "label": str(label), "case_id": case_id})
+        if not store.array_paths(preprocessed, case_id)["label"].is_file():
+            raise store.StoreError(
+                f"{store.array_paths(preprocessed, case_id)['label']}: missing; {preprocessed} "
+                "was preprocessed by an adseg that did not keep arrays for training. "
+                "Preprocess it again (snakemake reruns the rule)."
+            )
+        items.append(
+            {
+                "image": [str(p) for p in images],
+                "label": str(label),
+                "case_id": case_id,
+                "preprocessed": str(preprocessed),
+            }
+        )
     return items
 
 
@@ -81,29 +95,38 @@ def patch_shape(patch_size: Sequence[int], spatial_dims: int, axis: int) -> list
     return shape
 
 
-def load_transforms(pad_to: Sequence[int]) -> Compose:
-    """Deterministic part (cached): load channels as ``(C, X, Y, Z)``, pad to the patch."""
-    return Compose(
-        [
-            LoadImaged(keys=["image", "label"], image_only=True),
-            EnsureChannelFirstd(keys=["image", "label"]),
-            EnsureTyped(keys=["image", "label"], dtype=np.float32, track_meta=False),
-            SpatialPadd(keys=["image", "label"], spatial_size=list(pad_to)),
-        ]
-    )
+class OpenCase:
+    """A case's arrays, opened for :class:`CasePatches`: memory-mapped views, the lesion's
+    voxel indices and the background's as their :class:`~adseg.preprocessing.store.Complement`.
 
-
-def crop_indices() -> list:
-    """Deterministic, cached: the label's foreground and background voxel indices.
-
-    The foreground-balanced crop would otherwise search the whole label for them at every
-    draw (most of a batch's loading time, bench/run.py --only data). int32 halves their
-    memory (4 bytes a voxel); a case has far fewer than 2**31 voxels.
+    What MONAI's ``LoadImaged``, ``SpatialPadd`` to the patch and ``FgBgToIndicesd`` made of
+    the NIfTI files (tests/training/test_loader.py compares). A case smaller than the patch is
+    not padded: its indices are those of the padded case (``SpatialPad``'s rule), and
+    :class:`CasePatches` fills what a patch takes of the padding with zeros.
     """
-    return [
-        FgBgToIndicesd(keys="label"),
-        ToNumpyd(keys=[FG_INDICES, BG_INDICES], dtype=np.int32),
-    ]
+
+    def __init__(self, crop: Sequence[int]) -> None:
+        self.pad = SpatialPad(spatial_size=list(crop))
+
+    def __call__(self, item: dict) -> dict:
+        case = store.open_case(item["preprocessed"], item["case_id"])
+        label, fg = case["label"], case["fg"]
+        shape = label.shape[1:]
+        widths = self.pad.compute_pad_width(shape)[1:]  # the first is the channel's
+        before = [int(w[0]) for w in widths]
+        padded = tuple(int(s + a + b) for s, (a, b) in zip(shape, widths, strict=True))
+        if padded != shape:
+            voxels = np.add(np.unravel_index(fg, shape), np.reshape(before, (-1, 1)))
+            fg = np.ravel_multi_index(tuple(voxels), padded).astype(fg.dtype)
+        opened = {
+            "image": case["image"],
+            "label": label,
+            FG_INDICES: fg,
+            BG_INDICES: store.Complement(fg, int(np.prod(padded))),
+        }
+        if padded != shape:
+            opened[PAD_BEFORE], opened[PADDED_SHAPE] = before, padded
+        return opened
 
 
 def random_transforms(
@@ -202,17 +225,33 @@ class CasePatches(Randomizable):
             corners.append(np.maximum(centre - low, 0).tolist())
         return corners
 
+    def _cut(self, image: np.ndarray, label: np.ndarray, corner: list[int], before) -> tuple:
+        """The patch at ``corner`` of the (padded) case: views of the arrays, or, where the
+        patch reaches into the padding, a copy with zeros there."""
+        if before is None:
+            box = (slice(None), *(slice(c, c + s) for c, s in zip(corner, self.size, strict=True)))
+            return image[box], label[box]
+        low = np.subtract(corner, before)
+        start, stop = np.maximum(low, 0), np.minimum(low + self.size, label.shape[1:])
+        source = (slice(None), *(slice(a, b) for a, b in zip(start, stop, strict=True)))
+        target = (slice(None), *(slice(a, b) for a, b in zip(start - low, stop - low, strict=True)))
+        patch = np.zeros((image.shape[0], *self.size), np.float32)
+        mask = np.zeros((label.shape[0], *self.size), label.dtype)
+        patch[target], mask[target] = image[source], label[source]
+        return patch, mask
+
     def __call__(self, data: dict) -> dict:
-        # numpy views of the cached case: a patch is cut, flipped and scaled in one copy,
-        # with none of torch's per-operation dispatch (half the time of the same in torch)
+        # numpy views of the opened (memory-mapped) case: a patch is cut, flipped and scaled
+        # in one copy, with none of torch's dispatch (half the time of the same in torch)
         image, label = np.asarray(data["image"]), np.asarray(data["label"])
-        corners = self._corners(data[FG_INDICES], data[BG_INDICES], label.shape[1:])
+        before = data.get(PAD_BEFORE)
+        shape = label.shape[1:] if before is None else data[PADDED_SHAPE]
+        corners = self._corners(data[FG_INDICES], data[BG_INDICES], shape)
         n = len(corners)
         out_image = np.empty((n, image.shape[0], *self.size), np.float32)
         out_label = np.empty((n, label.shape[0], *self.size), np.float32)
         for i, corner in enumerate(corners):
-            box = (slice(None), *(slice(c, c + s) for c, s in zip(corner, self.size, strict=True)))
-            patch, mask = image[box], label[box]
+            patch, mask = self._cut(image, label, corner, before)
             # in the chain's order, each transform drawing from its own random state:
             # flip (image and label), scale, shift (image)
             self.flip.randomize(None)
@@ -254,7 +293,6 @@ def training_loader(
     samples: int,
     pos_fraction: float,
     workers: int = 0,
-    show_progress: bool = False,
     background: bool = False,
 ) -> tuple[DataLoader, Compose]:
     """A shuffling loader of training patches and its random transforms (to seed per epoch).
@@ -268,30 +306,10 @@ def training_loader(
     # `pos_fraction` 0 or 1 would make MONAI divide by zero; keep a sliver of the other kind
     pos = min(max(pos_fraction, 1e-3), 1 - 1e-3)
     randomize = random_transforms(crop, samples, pos, axis if spatial_dims == 2 else None)
-    dataset = CacheDataset(
-        items,
-        # one flat chain: CacheDataset caches up to the first random transform, and a nested
-        # Compose would count as random and disable the cache
-        transform=Compose(
-            [
-                *load_transforms(crop).transforms,
-                *crop_indices(),
-                # cached as plain arrays: cutting a patch out of a MetaTensor goes through
-                # Python for its metadata (a fifth of the loading time)
-                EnsureTyped(keys=["image", "label"], data_type="numpy"),
-                CasePatches(randomize),
-            ]
-        ),
-        # one thread: MONAI's image readers are not safe to share across loading threads
-        num_workers=1,
-        # no copy of the whole cached case per draw (a third of the loading time): the random
-        # transforms make new tensors and never write into the cached ones
-        # (tests/training/test_loader.py checks)
-        copy_cache=False,
-        progress=show_progress,
-    )
+    # a plain dataset: each draw opens the case's memory-mapped arrays and cuts its patches
+    dataset = Dataset(items, transform=Compose([OpenCase(crop), CasePatches(randomize)]))
     # With `background`, the next batch is drawn in a thread while the network computes
-    # (MONAI's advice for cached data on a GPU). On a 2-core CPU it gains nothing measurable
+    # (MONAI's advice for data on a GPU). On a 2-core CPU it gains nothing measurable
     # (40.4 ms a batch against 41.1 ms inline, bench/RESULTS.md), so the CPU path stays inline.
     loader = (ThreadDataLoader if background else DataLoader)(
         dataset,
@@ -308,6 +326,27 @@ def training_loader(
     return loader, randomize
 
 
-def validation_dataset(items: list[dict]) -> CacheDataset:
-    """Whole cases, loaded once: ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z)}``."""
-    return CacheDataset(items, transform=load_transforms([1, 1, 1]), progress=False)
+class CaseVolumes(Sequence):
+    """Whole cases, each read from its arrays when asked for and kept by no one:
+    ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z), "case_id": ...}``, float32 tensors,
+    what MONAI's ``LoadImaged`` makes of the NIfTI files."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:  # type: ignore[override]
+        item = self.items[index]
+        case = store.open_case(item["preprocessed"], item["case_id"])
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(case["image"], dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(case["label"], dtype=np.float32)),
+            "case_id": item["case_id"],
+        }
+
+
+def validation_dataset(items: list[dict]) -> CaseVolumes:
+    """Whole cases in the order given, read one at a time (memory bounded by one case)."""
+    return CaseVolumes(items)

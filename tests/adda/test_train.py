@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import assert_roles_disjoint, snakemake
+from conftest import assert_roles_disjoint, rewrite_arrays, snakemake
 
 from adseg.adda.adapter import Adapter
 from adseg.adda.job import AddaJob
@@ -218,6 +218,7 @@ def test_target_labels_are_never_used_for_training(tiny_experiment, source_model
         noise = rng.integers(0, 2, img.shape).astype(np.uint8)
         assert not np.array_equal(noise, np.asarray(img.dataobj))
         nib.save(nib.Nifti1Image(noise, img.affine, img.header), path)
+    rewrite_arrays(changed, targets)  # what training and validation read of the cases
     for variant in ("feature", "output"):
         _adapt(tiny_experiment, source_model, tmp_path / f"{variant}-a", variant)
         _adapt(tiny_experiment, source_model, tmp_path / f"{variant}-b", variant, changed)

@@ -12,6 +12,7 @@ from adseg.config import resolve_config
 from adseg.data.cohort import CohortError
 from adseg.data.validation import validate_cohort
 from adseg.geometry import orientation_code
+from adseg.preprocessing import store
 from adseg.preprocessing.cohort import PreprocessedError, original_cases, prepare_cohort
 from adseg.preprocessing.qc import read_tsv
 
@@ -48,6 +49,11 @@ def test_nnunet_cohort_with_channels_on_two_grids(nnunet_cohort, tmp_path):
         props = json.loads((out / "properties" / f"{case}.json").read_text())
         assert props["final_grid"]["size"] == list(label.GetSize())
         assert len(props["original_channel_grids"]) == 2
+        # the arrays training reads hold the same voxels, in SimpleITK's order
+        arrays = store.open_case(out, case, in_memory=True)
+        stacked = np.stack([sitk.GetArrayFromImage(i) for i in images])
+        assert np.array_equal(arrays["image"], stacked.transpose(0, 3, 2, 1))
+        assert np.array_equal(arrays["label"][0], sitk.GetArrayFromImage(label).transpose())
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["cases"]["a_2"]["patient_id"] == "A"
     assert json.loads((out / "plans.json").read_text())["channel_names"] == ["T2w", "ADC"]

@@ -1,4 +1,4 @@
-"""Training data: the cached crop indices change nothing but the speed."""
+"""Training data: cases opened from their arrays draw the patches MONAI's chain draws."""
 
 from __future__ import annotations
 
@@ -6,72 +6,113 @@ import numpy as np
 import pytest
 import torch
 from monai.data import list_data_collate
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd
+from monai.transforms import (
+    Compose,
+    FgBgToIndicesd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    SpatialPadd,
+    ToNumpyd,
+)
 
+from adseg.preprocessing import store
 from adseg.training.loader import (
     BG_INDICES,
     FG_INDICES,
     CasePatches,
+    CaseVolumes,
+    OpenCase,
     collate_patches,
-    crop_indices,
     random_transforms,
 )
 
 
-def test_cached_crop_indices_draw_the_same_patches_as_searching_the_label():
-    label = torch.zeros(1, 40, 40, 12)
-    label[0, 10:15, 20:30, 3:6] = 1
-    case = {"image": torch.rand(3, 40, 40, 12), "label": label}
-    cached = Compose(crop_indices())(dict(case))
-    assert cached[FG_INDICES].dtype == np.int32
-    assert len(cached[FG_INDICES]) == 5 * 10 * 3
-    assert len(cached[FG_INDICES]) + len(cached[BG_INDICES]) == label.numel()
+def _stored(tmp_path, shape=(40, 40, 12)) -> tuple[dict, dict]:
+    """A case written to the store, as its loader item and as MONAI's tensors (X, Y, Z)."""
+    rng = np.random.default_rng(0)
+    image = rng.random((3, *shape), dtype=np.float32)
+    label = np.zeros((1, *shape), np.uint8)
+    x, y, z = (s // 4 for s in shape)
+    label[0, x : 2 * x + 1, y : 2 * y + 1, z : 2 * z + 1] = 1
+    # the store takes SimpleITK's (Z, Y, X) arrays
+    store.write_case(tmp_path, "c", list(image.transpose(0, 3, 2, 1)), label[0].transpose())
+    item = {"case_id": "c", "preprocessed": str(tmp_path)}
+    return item, {"image": torch.from_numpy(image), "label": torch.from_numpy(label).float()}
 
-    searching = RandCropByPosNegLabeld(
-        keys=["image", "label"],
-        label_key="label",
-        spatial_size=[16, 16, 1],
-        pos=0.5,
-        neg=0.5,
-        num_samples=4,
+
+@pytest.mark.parametrize(
+    ("shape", "crop"),
+    [((40, 40, 12), [16, 16, 1]), ((12, 40, 6), [16, 16, 8]), ((9, 7, 3), [16, 16, 1])],
+)
+def test_opened_cases_draw_the_patches_monai_draws_from_the_nifti_files(tmp_path, shape, crop):
+    """Opened from the store, a case gives the patches, flips and jitters MONAI's chain gives
+    after SpatialPadd and FgBgToIndicesd, bit for bit: also a case smaller than the patch,
+    whose padding is never made but filled in where a patch reaches it."""
+    item, case = _stored(tmp_path, shape)
+    opened = OpenCase(crop)(item)
+    indexed = Compose(
+        [
+            SpatialPadd(keys=["image", "label"], spatial_size=crop),
+            FgBgToIndicesd(keys="label"),
+            ToNumpyd(keys=[FG_INDICES, BG_INDICES]),
+        ]
+    )(case)
+    assert np.array_equal(opened[FG_INDICES], indexed[FG_INDICES])
+    background = opened[BG_INDICES]
+    assert len(background) == len(indexed[BG_INDICES])
+    picks = np.random.default_rng(0).integers(0, len(background), 200)
+    assert [background[k] for k in picks] == indexed[BG_INDICES][picks].tolist()
+
+    squeeze = 2 if crop[2] == 1 else None
+    reference = random_transforms(crop, samples=4, pos_fraction=0.5, squeeze_axis=squeeze)
+    patches = CasePatches(
+        random_transforms(crop, samples=4, pos_fraction=0.5, squeeze_axis=squeeze)
     )
-    # adseg's chain also flips and jitters: compare its crop, the first transform
-    crop = random_transforms([16, 16, 1], samples=4, pos_fraction=0.5, squeeze_axis=2).transforms[0]
-    for seed in range(5):
-        searching.set_random_state(seed)
-        crop.set_random_state(seed)
-        expected = searching(dict(case))
-        drawn = crop(dict(cached))
-        for a, b in zip(expected, drawn, strict=True):
-            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
-            assert sorted(b) == ["image", "label"]  # the indices do not reach the batch
-
-
-def test_random_transforms_never_write_into_the_cached_case():
-    """What lets the training cache skip its per-draw copy (``copy_cache=False``): neither
-    the random transforms nor anything done to a batch reach the cached tensors."""
-    label = torch.zeros(1, 40, 40, 12)
-    label[0, 10:15, 20:30, 3:6] = 1
-    cached = Compose(crop_indices())({"image": torch.rand(3, 40, 40, 12), "label": label})
-    before = {k: torch.as_tensor(v).clone() for k, v in cached.items()}
-    randomize = random_transforms([16, 16, 1], samples=4, pos_fraction=0.5, squeeze_axis=2)
-    patches = CasePatches(random_transforms([16, 16, 1], 4, 0.5, squeeze_axis=2))
-    for seed in range(20):  # every flip and intensity branch is taken
-        randomize.set_random_state(seed)
+    for seed in range(8):
+        reference.set_random_state(seed)
         patches.set_random_state(seed)
-        # a patch may be a view of the case; the loader's collation copies it into the batch
-        for batch in (list_data_collate([randomize(cached)]), collate_patches([patches(cached)])):
-            batch["image"].mul_(0)  # as a training step might: in place, on the batch
-            batch["label"].add_(1)
-    assert sorted(cached) == sorted(before)
+        expected = list_data_collate([reference(dict(indexed))])
+        got = collate_patches([patches(OpenCase(crop)(item))])
+        assert torch.equal(got["image"], expected["image"])
+        assert torch.equal(got["label"], expected["label"])
+
+
+def test_patches_never_write_into_the_stored_case(tmp_path):
+    """The opened arrays are read-only maps of the files: a batch is always a copy, and
+    whatever a training step does to it in place leaves the files as they were."""
+    item, case = _stored(tmp_path)
+    before = {k: np.array(v) for k, v in store.open_case(tmp_path, "c").items()}
+    open_case, patches = (
+        OpenCase([16, 16, 1]),
+        CasePatches(random_transforms([16, 16, 1], 4, 0.5, 2)),
+    )
+    for seed in range(20):  # every flip and intensity branch is taken
+        patches.set_random_state(seed)
+        batch = collate_patches([patches(open_case(item))])
+        batch["image"].mul_(0)
+        batch["label"].add_(1)
+    after = store.open_case(tmp_path, "c")
     for key, value in before.items():
-        assert torch.equal(torch.as_tensor(cached[key]), value), key
+        assert np.array_equal(after[key], value), key
+
+
+def test_case_volumes_are_read_when_asked_for(tmp_path):
+    item, case = _stored(tmp_path)
+    volumes = CaseVolumes([item, item])
+    assert len(volumes) == 2
+    got = volumes[1]
+    assert got["case_id"] == "c" and got["image"].dtype == got["label"].dtype == torch.float32
+    assert torch.equal(got["image"], case["image"]) and torch.equal(got["label"], case["label"])
+    got["image"].mul_(0)  # a copy: the next read is the file's again
+    assert torch.equal(volumes[0]["image"], case["image"])
+    assert [v["case_id"] for v in volumes] == ["c", "c"]
 
 
 def _cached_case(shape=(40, 40, 12), lesion: bool = True) -> dict:
     label = torch.zeros(1, *shape)
     label[0, 10:15, 20:30, 3:6] = float(lesion)
-    return Compose(crop_indices())({"image": torch.rand(3, *shape), "label": label})
+    indexed = [FgBgToIndicesd(keys="label"), ToNumpyd(keys=[FG_INDICES, BG_INDICES])]
+    return Compose(indexed)({"image": torch.rand(3, *shape), "label": label})
 
 
 @pytest.mark.parametrize(

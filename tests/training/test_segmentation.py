@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import rewrite_arrays
 
 from adseg.config import deep_merge
 from adseg.io import read_json
@@ -288,6 +289,7 @@ def test_nan_voxels_give_a_non_finite_loss_that_stops_training(tiny_experiment, 
         image = sitk.ReadImage(str(path))
         image[:, :, :] = float("nan")
         sitk.WriteImage(image, str(path))
+    rewrite_arrays(pre)
     out = tmp_path / "fold"
     with pytest.raises(TrainingError, match="non-finite loss_s.*at epoch 1, iteration 1"):
         _train({**tiny_experiment, "preprocessed": pre}, out)
