@@ -440,6 +440,18 @@ GROUPS = {
 }
 
 
+def add_spacing_option(parser: argparse.ArgumentParser) -> None:
+    """``--spacing X Y Z``: the target spacing of the data made for a benchmark."""
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="target spacing in mm for new data (default: the config's 1 1 3; 0.5 0.5 3 gives "
+        "4x the voxels, as a T2w's in-plane resolution)",
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(GROUPS), nargs="+", help="figure groups")
@@ -454,14 +466,7 @@ def main() -> int:
         help="synthetic patients (default 40, the default workflow's cohort: a training fold "
         "of 30 cases, so an epoch has as many batches as the workflow's)",
     )
-    parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        metavar=("X", "Y", "Z"),
-        help="target spacing in mm for new data (default: the config's 1 1 3; 0.5 0.5 3 gives "
-        "4x the voxels, as a T2w's in-plane resolution)",
-    )
+    add_spacing_option(parser)
     parser.add_argument(
         "--workers", type=int, help="loader workers for the data figure (default: the config's)"
     )

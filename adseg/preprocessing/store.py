@@ -124,6 +124,23 @@ def read_array(path: Path, mapped: bool = True) -> np.ndarray:
     return np.frombuffer(buffer, dtype, count, offset).reshape(shape)
 
 
+def check_arrays(preprocessed: str | Path, case_id: str, *parts: str) -> dict[str, Path]:
+    """A case's array paths, once ``parts`` (image, label, fg) are found.
+
+    Raises:
+        StoreError: naming the first missing file and how to make it.
+    """
+    paths = array_paths(preprocessed, case_id)
+    for part in parts:
+        if not paths[part].is_file():
+            raise StoreError(
+                f"{paths[part]}: missing; {preprocessed} was preprocessed by an adseg that did "
+                "not keep arrays for training. Preprocess it again: the workflow does so by "
+                "itself, or run `adseg preprocess` by hand."
+            )
+    return paths
+
+
 def open_case(preprocessed: str | Path, case_id: str, in_memory: bool = False) -> dict:
     """A case's arrays as MONAI's loader would give them, ``(C, X, Y, Z)`` and ``(1, X, Y, Z)``.
 
@@ -133,12 +150,7 @@ def open_case(preprocessed: str | Path, case_id: str, in_memory: bool = False) -
     Raises:
         StoreError: the case's image array is missing.
     """
-    paths = array_paths(preprocessed, case_id)
-    if not paths["image"].is_file():
-        raise StoreError(
-            f"{paths['image']}: missing; {preprocessed} was preprocessed by an adseg that did "
-            "not keep arrays for training. Preprocess it again (snakemake reruns the rule)."
-        )
+    paths = check_arrays(preprocessed, case_id, "image")
     mapped = not in_memory
     case = {"image": read_array(paths["image"], mapped).transpose(0, 3, 2, 1)}
     if paths["label"].is_file():

@@ -64,12 +64,7 @@ def case_items(preprocessed: Path, case_ids: Sequence[str]) -> list[dict]:
         for path in [*images, label]:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing from the preprocessed folder")
-        if not store.array_paths(preprocessed, case_id)["label"].is_file():
-            raise store.StoreError(
-                f"{store.array_paths(preprocessed, case_id)['label']}: missing; {preprocessed} "
-                "was preprocessed by an adseg that did not keep arrays for training. "
-                "Preprocess it again (snakemake reruns the rule)."
-            )
+        store.check_arrays(preprocessed, case_id, "image", "label", "fg")
         items.append(
             {
                 "image": [str(p) for p in images],

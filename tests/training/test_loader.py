@@ -174,3 +174,19 @@ def test_case_patches_refuse_another_chain():
     longer = random_transforms([8, 8, 1], 4, 0.5, squeeze_axis=2).transforms
     with pytest.raises(TypeError, match="not the chain"):
         CasePatches(Compose([*longer, RandFlipd(keys="image", prob=0.5)]))
+
+
+def test_a_folder_preprocessed_without_arrays_stops_before_training(tmp_path):
+    """A folder an older adseg preprocessed has the NIfTI files but no arrays: the job's
+    cases are refused when listed, naming the file, before any network is built."""
+    from adseg.io import write_json
+    from adseg.training.loader import case_items
+
+    write_json(tmp_path / "dataset.json", {"channel_names": {"0": "T2w"}})
+    for path in (tmp_path / "imagesTr" / "c_0000.nii.gz", tmp_path / "labelsTr" / "c.nii.gz"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    with pytest.raises(store.StoreError, match=r"arrays/c_image\.npy: missing.*adseg preprocess"):
+        case_items(tmp_path, ["c"])
+    store.write_case(tmp_path, "c", [np.zeros((2, 2, 2))], np.zeros((2, 2, 2), np.uint8))
+    assert case_items(tmp_path, ["c"])[0]["preprocessed"] == str(tmp_path)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import assert_roles_disjoint
+from conftest import assert_roles_disjoint, rewrite_arrays
 from mlflow.tracking import MlflowClient
 
 from adseg import tracking
@@ -52,6 +52,7 @@ def _write_cohort(root: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]]) -
         )
     channels = {str(c): f"ch{c}" for c in range(n_channels)}
     (root / "dataset.json").write_text(json.dumps({"channel_names": channels, "labels": LABELS}))
+    rewrite_arrays(root)
     return root
 
 
@@ -141,7 +142,7 @@ def test_the_fit_never_reads_a_test_patient(tiny_experiment, tmp_path):
         all_lesion = sitk.GetImageFromArray(np.ones(label.GetSize()[::-1], np.uint8))
         all_lesion.CopyInformation(label)
         sitk.WriteImage(all_lesion, str(path))
-        for image in copied.glob(f"imagesTr/{case}_*.nii.gz"):
+        for image in [*copied.glob(f"imagesTr/{case}_*.nii.gz"), *copied.glob(f"arrays/{case}_*")]:
             image.unlink()
     labels = read_json(prep / "dataset.json")["labels"]
     clean = fit_threshold_rule(prep, fold["train_cases"], fold["val_cases"], labels, "lesion")

@@ -18,6 +18,9 @@ rule preprocess:
     params:
         cfg=settings("dataset", "preprocess"),
         root=RAW,
+        # what the folder holds: 2 adds the arrays training reads (adseg.preprocessing.store);
+        # raising it makes Snakemake's params trigger redo folders written before
+        layout=2,
     shell:
         "python -m adseg preprocess {params.root} -o {output} --set {params.cfg} "
         "--validation {input.validation} --workers {threads} > {log} 2>&1"
