@@ -12,7 +12,7 @@ from adseg.log import logger
 from adseg.tracking.journal import JOURNALS, Journal, current_journal, journals_under, set_current
 from adseg.tracking.settings import EPOCH_METRICS, parent_ref, tracking_config
 from adseg.tracking.store import short_error
-from adseg.tracking.system import SystemMetrics
+from adseg.tracking.system import SystemMetrics, peak_memory
 
 
 def new_fold_journal(
@@ -76,12 +76,14 @@ class FoldRun:
         self.epochs_logged = 0
         self.committed = 0  # the last epoch whose checkpoint is on disk
         self.system: SystemMetrics | None = None
+        self.device = "cpu"  # where the job trains, from start()
 
     @never_fails
     def start(self, job, resumed_after: int | None, device, splits: Path) -> None:
         """Continue the fold's run when training resumes (after epoch ``resumed_after``),
         else begin a new one."""
         folder = Path(job.out)
+        self.device = device
         parent = parent_ref(self.config, job.name)
         journal = current_journal(folder)
         if (
@@ -191,6 +193,7 @@ class FoldRun:
                 "val/best_dice": spec["best_val_dice"],
                 "val/best_epoch": spec["best_epoch"] or None,
                 "quality_threshold": spec.get("quality_threshold"),
+                **peak_memory(self.device),
             }
             self.journal.metrics(final, step=spec["epochs_trained"])
             for name in ("model.json", "plans.json", "config.yaml", "checkpoint_final.pt"):

@@ -20,6 +20,32 @@ PREFIX = "system/"
 """The prefix of MLflow's ``SystemMetricsMonitor`` (``mlflow.system_metrics``)."""
 
 
+def peak_memory(device) -> dict[str, float]:
+    """The job's peak memory in MB, for its run's last metrics: the process's resident set
+    (``train/peak_memory_mb``: Linux's ``VmHWM``, elsewhere ``getrusage``) and, on a CUDA
+    device, the most torch ever held allocated there (``train/peak_gpu_memory_mb``)."""
+    import resource
+    import sys
+    from pathlib import Path
+
+    peak = None
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    if peak is None:  # ru_maxrss: bytes on macOS, KiB elsewhere
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    found = {"train/peak_memory_mb": round(peak, 1)}
+    if str(device).startswith("cuda"):
+        import torch
+
+        allocated = torch.cuda.max_memory_allocated(device)
+        found["train/peak_gpu_memory_mb"] = round(allocated / 2**20, 1)
+    return found
+
+
 def monitors() -> list:
     """MLflow's monitors of this machine: CPU and memory, disk, network, and the first kind
     of GPU monitor that finds its library and a GPU (as ``SystemMetricsMonitor`` picks)."""

@@ -58,6 +58,9 @@ def test_a_fold_run_records_the_machine_under_mlflows_names(tmp_path):
     assert set(NAMES) <= metrics.keys()
     assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
     assert metrics["system/system_memory_usage_megabytes"] > 0
+    # the job's own peak, this process's; no GPU figure on a CPU
+    assert 50 < metrics["train/peak_memory_mb"] < metrics["system/system_memory_usage_megabytes"]
+    assert "train/peak_gpu_memory_mb" not in metrics
     steps = sorted(m.step for m in client.get_metric_history(run_id, NAMES[0]))
     assert steps == list(range(len(steps))) and len(steps) >= 3
     # resumed: the same run, and the samples go on counting
