@@ -25,6 +25,7 @@ from adseg.config import without_result_neutral
 from adseg.data.splits import case_meta_from_dataset, fold_cases
 from adseg.gan.settings import TASKS, job_settings, model_name, recipe
 from adseg.io import read_json, write_text
+from adseg.preprocessing import store
 from adseg.training import engine
 from adseg.training.engine import TrainingError
 from adseg.training.losses import CRITIC_LOSSES, loss_floor
@@ -185,10 +186,10 @@ def spread_ratio(fake: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
 
 def fingerprint(job: GanJob) -> str:
     """What a checkpoint must share with the run that resumes it: the model's settings, the
-    fold's cases and the preprocessed files they come from."""
-    files = []
+    fold's cases and the preprocessed arrays they come from."""
+    files = []  # the arrays its cases are read from (adseg.preprocessing.store)
     for case_id in sorted(job.spec["train_cases"] + job.spec["val_cases"] + job.spec["test_cases"]):
-        files += sorted((job.preprocessed / "imagesTr").glob(f"{case_id}_*.nii.gz"))
+        files += store.case_files(job.preprocessed, case_id)
     settings = {"gan": job_settings(job.config, job.task, job.model)}
     return engine.fingerprint(
         {"settings": without_result_neutral(settings), "spec": job.spec}, files

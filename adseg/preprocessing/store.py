@@ -1,7 +1,8 @@
 """The preprocessed cases as arrays a loader reads in parts: memory-mapped ``.npy`` files.
 
-Beside each case's NIfTI files (the record a person opens in a viewer, and what evaluation
-and QC read) preprocessing writes, as nnU-Net keeps its unpacked ``.npy`` files::
+Beside each case's NIfTI files (the record a person opens in a viewer, and what QC and the
+threshold baseline read) preprocessing writes, as nnU-Net keeps its unpacked ``.npy`` files,
+what training, validation and evaluation read::
 
     arrays/<case>_image.npy   (C, Z, Y, X) float32: SimpleITK's voxel order, so a slice
                               across z, the slice axis of a 2-D patch, is one contiguous block
@@ -39,6 +40,11 @@ def array_paths(preprocessed: str | Path, case_id: str) -> dict[str, Path]:
     """Where a case's image, label and foreground indices lie."""
     folder = Path(preprocessed) / ARRAYS
     return {part: folder / f"{case_id}_{part}.npy" for part in ("image", "label", "fg")}
+
+
+def case_files(preprocessed: str | Path, case_id: str) -> list[Path]:
+    """A case's array files that exist (image, label, foreground), for fingerprints."""
+    return [p for p in array_paths(preprocessed, case_id).values() if p.is_file()]
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -135,8 +141,8 @@ def check_arrays(preprocessed: str | Path, case_id: str, *parts: str) -> dict[st
         if not paths[part].is_file():
             raise StoreError(
                 f"{paths[part]}: missing; {preprocessed} was preprocessed by an adseg that did "
-                "not keep arrays for training. Preprocess it again: the workflow does so by "
-                "itself, or run `adseg preprocess` by hand."
+                "not keep arrays for training. Preprocess it again: the workflow redoes a "
+                "folder it wrote by itself; for another, run `adseg preprocess`."
             )
     return paths
 
@@ -154,6 +160,7 @@ def open_case(preprocessed: str | Path, case_id: str, in_memory: bool = False) -
     mapped = not in_memory
     case = {"image": read_array(paths["image"], mapped).transpose(0, 3, 2, 1)}
     if paths["label"].is_file():
+        check_arrays(preprocessed, case_id, "fg")
         case["label"] = read_array(paths["label"], mapped).transpose()[None]
         case["fg"] = read_array(paths["fg"], mapped)
     return case

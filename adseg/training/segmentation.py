@@ -19,6 +19,7 @@ from adseg.inference.modelfolder import FORMAT, FORMAT_VERSION
 from adseg.inference.sliding import discriminator_score, make_inferer, one_hot
 from adseg.io import read_json, write_json, write_text, write_tsv
 from adseg.log import logger
+from adseg.preprocessing import store
 from adseg.training import engine
 from adseg.training.job import TrainJob, check_job
 from adseg.training.loader import case_items, training_loader, validation_dataset
@@ -31,7 +32,7 @@ from adseg.training.threshold import RuleFit, fit_threshold_rule
 def fingerprint(job: TrainJob) -> str:
     """What a checkpoint must share with the run that resumes it: scheme, fold, cases, the
     settings that change what is trained (the epoch count among them: the learning-rate
-    schedule depends on it), the preprocessing plan and the fold's preprocessed files."""
+    schedule depends on it), the preprocessing plan and the fold's preprocessed arrays."""
     spec = job.spec
     settings = {
         "scheme": job.scheme,
@@ -43,8 +44,9 @@ def fingerprint(job: TrainJob) -> str:
         "plan": job.plan.to_dict(),
     }
     files = []
-    for item in case_items(job.preprocessed, spec["train_cases"] + spec["val_cases"]):
-        files += [*item["image"], item["label"]]
+    # the arrays the job reads (adseg.preprocessing.store), not the NIfTI files they mirror
+    for case_id in spec["train_cases"] + spec["val_cases"]:
+        files += store.check_arrays(job.preprocessed, case_id, "image", "label", "fg").values()
     return engine.fingerprint(settings, files)
 
 

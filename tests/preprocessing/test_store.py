@@ -116,3 +116,14 @@ def test_opened_arrays_are_read_only(tmp_path):
     with pytest.raises(ValueError, match="read-only"):
         case["image"][0, 0, 0, 0] = 2
     assert torch.from_numpy(np.array(case["image"])).sum() == 24
+
+
+def test_a_label_without_its_foreground_indices_is_named(tmp_path):
+    store.write_case(tmp_path, "x", [np.ones((2, 3, 4))], np.zeros((2, 3, 4), np.uint8))
+    store.array_paths(tmp_path, "x")["fg"].unlink()
+    with pytest.raises(store.StoreError, match=r"x_fg\.npy: missing"):
+        store.open_case(tmp_path, "x")
+    assert store.case_files(tmp_path, "x") == [
+        tmp_path / "arrays" / "x_image.npy",
+        tmp_path / "arrays" / "x_label.npy",
+    ]

@@ -279,6 +279,9 @@ def test_fingerprint_covers_settings_schedule_and_data(tiny_experiment, tmp_path
     image = sitk.ReadImage(str(label))
     image[0, 0, 0] = 1
     sitk.WriteImage(image, str(label))
+    # the job reads the arrays: an edit that has not reached them changes nothing it trains on
+    assert fingerprint(_job({**tiny_experiment, "preprocessed": pre})) == base
+    rewrite_arrays(pre, [job.spec["train_cases"][0]])
     assert fingerprint(_job({**tiny_experiment, "preprocessed": pre})) != base
 
 
