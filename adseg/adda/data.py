@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from monai.data import CacheDataset, DataLoader
+from monai.data import DataLoader, Dataset
 from monai.transforms import (
     Compose,
-    EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     RandFlipd,
     RandSpatialCropSamplesd,
     SpatialPadd,
@@ -18,15 +16,26 @@ from monai.transforms import (
 )
 
 from adseg.adda.job import AddaJob
+from adseg.preprocessing import store
 from adseg.training.loader import case_items, patch_shape
 
 
 def image_items(preprocessed: Path, case_ids: list[str]) -> list[dict]:
     """Data dictionaries without the label: what ADDA reads of its cases."""
     return [
-        {"image": item["image"], "case_id": item["case_id"]}
+        {"image": item["image"], "case_id": item["case_id"], "preprocessed": item["preprocessed"]}
         for item in case_items(preprocessed, case_ids)
     ]
+
+
+class OpenImage:
+    """A case's image ``(C, X, Y, Z)`` from its array (:mod:`adseg.preprocessing.store`), a
+    read-only map of the file: what MONAI's ``LoadImaged`` reads from its NIfTI files. Only
+    the image file is opened; no label can come along."""
+
+    def __call__(self, item: dict) -> dict:
+        path = store.array_paths(item["preprocessed"], item["case_id"])["image"]
+        return {**item, "image": store.read_array(path).transpose(0, 3, 2, 1)}
 
 
 def image_loader(
@@ -50,25 +59,15 @@ def image_loader(
         steps.append(SqueezeDimd(keys="image", dim=axis + 1))
     randomize = Compose(steps)
     load = [*load_images().transforms, SpatialPadd(keys="image", spatial_size=crop)]
-    dataset = CacheDataset(
-        items,
-        transform=Compose([*load, *randomize.transforms]),
-        num_workers=1,
-        copy_cache=False,
-        progress=False,
-    )
+    # each draw reads its case anew (memory bounded by one case, not the cohort)
+    dataset = Dataset(items, transform=Compose([*load, *randomize.transforms]))
     loader = DataLoader(dataset, batch_size=max(1, batch_size // samples), shuffle=True)
     return loader, randomize
 
 
 def load_images() -> Compose:
-    return Compose(
-        [
-            LoadImaged(keys="image", image_only=True),
-            EnsureChannelFirstd(keys="image"),
-            EnsureTyped(keys="image", dtype=np.float32, track_meta=False),
-        ]
-    )
+    """A case's image as a float32 tensor ``(C, X, Y, Z)``, a copy of its array."""
+    return Compose([OpenImage(), EnsureTyped(keys="image", dtype=np.float32, track_meta=False)])
 
 
 def endless(loader):
@@ -76,8 +75,7 @@ def endless(loader):
         yield from loader
 
 
-def image_dataset(job: AddaJob, case_ids: list[str]) -> CacheDataset:
-    """Whole cases, images only: ``{"image": (C, X, Y, Z), "case_id": ...}``."""
-    return CacheDataset(
-        image_items(job.preprocessed, case_ids), transform=load_images(), progress=False
-    )
+def image_dataset(job: AddaJob, case_ids: list[str]) -> Dataset:
+    """Whole cases, images only, each read when asked for:
+    ``{"image": (C, X, Y, Z), "case_id": ...}``."""
+    return Dataset(image_items(job.preprocessed, case_ids), transform=load_images())

@@ -41,6 +41,7 @@ from adseg.inference.modelfolder import FORMAT, FORMAT_VERSION
 from adseg.inference.sliding import make_inferer
 from adseg.io import read_json, write_json, write_text
 from adseg.log import logger
+from adseg.preprocessing import store
 from adseg.training import engine
 from adseg.training.engine import TrainingError, non_finite
 from adseg.training.loader import case_items, validation_dataset
@@ -71,9 +72,10 @@ def fingerprint(job: AddaJob) -> str:
         "seed": t["seed"],
         "batch": [t["batch_size"], t["samples_per_case"]],
     }
-    images = image_items(job.preprocessed, job.source_train + job.target_train)
     files = [job.source_dir / "checkpoint_final.pt"]
-    files += [path for item in images for path in item["image"]]
+    # the image arrays the study reads (adseg.preprocessing.store), never a label
+    for item in image_items(job.preprocessed, job.source_train + job.target_train):
+        files.append(store.array_paths(job.preprocessed, item["case_id"])["image"])
     return engine.fingerprint(settings, files)
 
 
