@@ -34,8 +34,7 @@ class OpenImage:
     the image file is opened; no label can come along."""
 
     def __call__(self, item: dict) -> dict:
-        path = store.array_paths(item["preprocessed"], item["case_id"])["image"]
-        return {**item, "image": store.read_array(path).transpose(0, 3, 2, 1)}
+        return {**item, "image": store.read_image(item["preprocessed"], item["case_id"])}
 
 
 def image_loader(

@@ -74,8 +74,8 @@ def fingerprint(job: AddaJob) -> str:
     }
     files = [job.source_dir / "checkpoint_final.pt"]
     # the image arrays the study reads (adseg.preprocessing.store), never a label
-    for item in image_items(job.preprocessed, job.source_train + job.target_train):
-        files.append(store.array_paths(job.preprocessed, item["case_id"])["image"])
+    for case_id in job.source_train + job.target_train:
+        files.append(store.check_arrays(job.preprocessed, case_id, "image")["image"])
     return engine.fingerprint(settings, files)
 
 

@@ -147,6 +147,16 @@ def check_arrays(preprocessed: str | Path, case_id: str, *parts: str) -> dict[st
     return paths
 
 
+def read_image(preprocessed: str | Path, case_id: str, mapped: bool = True) -> np.ndarray:
+    """A case's image alone, ``(C, X, Y, Z)``: a view of the mapped file (or a copy).
+
+    Raises:
+        StoreError: the image array is missing.
+    """
+    path = check_arrays(preprocessed, case_id, "image")["image"]
+    return read_array(path, mapped).transpose(0, 3, 2, 1)
+
+
 def open_case(preprocessed: str | Path, case_id: str, in_memory: bool = False) -> dict:
     """A case's arrays as MONAI's loader would give them, ``(C, X, Y, Z)`` and ``(1, X, Y, Z)``.
 
@@ -156,9 +166,9 @@ def open_case(preprocessed: str | Path, case_id: str, in_memory: bool = False) -
     Raises:
         StoreError: the case's image array is missing.
     """
-    paths = check_arrays(preprocessed, case_id, "image")
+    paths = array_paths(preprocessed, case_id)
     mapped = not in_memory
-    case = {"image": read_array(paths["image"], mapped).transpose(0, 3, 2, 1)}
+    case = {"image": read_image(preprocessed, case_id, mapped)}
     if paths["label"].is_file():
         check_arrays(preprocessed, case_id, "fg")
         case["label"] = read_array(paths["label"], mapped).transpose()[None]

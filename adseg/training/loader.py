@@ -110,17 +110,12 @@ class OpenCase:
         widths = self.pad.compute_pad_width(shape)[1:]  # the first is the channel's
         before = [int(w[0]) for w in widths]
         padded = tuple(int(s + a + b) for s, (a, b) in zip(shape, widths, strict=True))
+        opened = {"image": case["image"], "label": label}
         if padded != shape:
             voxels = np.add(np.unravel_index(fg, shape), np.reshape(before, (-1, 1)))
             fg = np.ravel_multi_index(tuple(voxels), padded).astype(fg.dtype)
-        opened = {
-            "image": case["image"],
-            "label": label,
-            FG_INDICES: fg,
-            BG_INDICES: store.Complement(fg, int(np.prod(padded))),
-        }
-        if padded != shape:
             opened[PAD_BEFORE], opened[PADDED_SHAPE] = before, padded
+        opened[FG_INDICES], opened[BG_INDICES] = fg, store.Complement(fg, int(np.prod(padded)))
         return opened
 
 
